@@ -1,0 +1,206 @@
+"""Sparsity schedules: plain jittable functions ``step -> sparsity``.
+
+Every schedule returns a float32 scalar in ``[0, 1)`` and accepts a traced integer step, so a
+training loop can call it inside ``jit`` without recompiling as the step advances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Schedule = Callable[[ArrayLike], jax.Array]
+
+__all__ = [
+    "Schedule",
+    "constant_schedule",
+    "cosine_schedule",
+    "linear_schedule",
+    "one_shot_schedule",
+    "polynomial_schedule",
+]
+
+
+def check_sparsity(value: float, name: str) -> float:
+    """Raises a ValueError unless ``value`` is a sparsity in [0, 1)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"{name} must be in [0, 1) (the fraction of prunable weights removed), got {value}. "
+            "A sparsity of 1 would remove every weight."
+        )
+    return value
+
+
+def _check_steps(begin_step: int, end_step: int) -> tuple[int, int]:
+    if int(begin_step) != begin_step or int(end_step) != end_step:
+        raise ValueError(f"begin_step and end_step must be integers, got {begin_step}, {end_step}.")
+    if begin_step < 0:
+        raise ValueError(f"begin_step must be >= 0, got {begin_step}.")
+    if end_step <= begin_step:
+        raise ValueError(
+            f"end_step must be greater than begin_step, got begin_step={begin_step}, "
+            f"end_step={end_step}. Use one_shot_schedule for an instant jump."
+        )
+    return int(begin_step), int(end_step)
+
+
+def _progress(step: ArrayLike, begin_step: int, end_step: int) -> jax.Array:
+    """Fraction of the ramp done at ``step``: 0 before ``begin_step``, 1 from ``end_step``."""
+    t = (jnp.asarray(step, jnp.float32) - begin_step) / (end_step - begin_step)
+    return jnp.clip(t, 0.0, 1.0)
+
+
+def linear_schedule(
+    final_sparsity: float, begin_step: int, end_step: int, *, initial_sparsity: float = 0.0
+) -> Schedule:
+    """Sparsity rising linearly from ``initial_sparsity`` to ``final_sparsity`` (the paper's).
+
+    Args:
+      final_sparsity: sparsity reached at ``end_step``, in [0, 1).
+      begin_step: step at which the ramp starts.
+      end_step: step at which ``final_sparsity`` is reached; must exceed ``begin_step``.
+      initial_sparsity: sparsity before ``begin_step``, in [0, 1).
+
+    Returns:
+      A jittable function of the step returning a float32 scalar.
+
+    Example:
+      >>> schedule = linear_schedule(0.9, begin_step=0, end_step=100)
+      >>> round(float(schedule(50)), 4)
+      0.45
+    """
+    final = check_sparsity(final_sparsity, "final_sparsity")
+    initial = check_sparsity(initial_sparsity, "initial_sparsity")
+    begin_step, end_step = _check_steps(begin_step, end_step)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        return jnp.float32(initial) + jnp.float32(final - initial) * _progress(
+            step, begin_step, end_step
+        )
+
+    return schedule
+
+
+def polynomial_schedule(
+    final_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    *,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+) -> Schedule:
+    """Polynomial ramp ``s_f + (s_i - s_f)(1 - t)^power``; ``power=3`` is Zhu & Gupta's GMP.
+
+    Args:
+      final_sparsity: sparsity reached at ``end_step``, in [0, 1).
+      begin_step: step at which the ramp starts.
+      end_step: step at which ``final_sparsity`` is reached; must exceed ``begin_step``.
+      initial_sparsity: sparsity before ``begin_step``, in [0, 1).
+      power: exponent of the ramp; must be positive.
+
+    Returns:
+      A jittable function of the step returning a float32 scalar.
+
+    Example:
+      >>> schedule = polynomial_schedule(0.8, begin_step=0, end_step=100)
+      >>> round(float(schedule(50)), 4)
+      0.7
+    """
+    final = check_sparsity(final_sparsity, "final_sparsity")
+    initial = check_sparsity(initial_sparsity, "initial_sparsity")
+    begin_step, end_step = _check_steps(begin_step, end_step)
+    if not power > 0:
+        raise ValueError(f"power must be positive, got {power}.")
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        remaining = (1.0 - _progress(step, begin_step, end_step)) ** power
+        return jnp.float32(final) + jnp.float32(initial - final) * remaining
+
+    return schedule
+
+
+def cosine_schedule(
+    final_sparsity: float, begin_step: int, end_step: int, *, initial_sparsity: float = 0.0
+) -> Schedule:
+    """Half-cosine ramp from ``initial_sparsity`` to ``final_sparsity``.
+
+    Args:
+      final_sparsity: sparsity reached at ``end_step``, in [0, 1).
+      begin_step: step at which the ramp starts.
+      end_step: step at which ``final_sparsity`` is reached; must exceed ``begin_step``.
+      initial_sparsity: sparsity before ``begin_step``, in [0, 1).
+
+    Returns:
+      A jittable function of the step returning a float32 scalar.
+
+    Example:
+      >>> schedule = cosine_schedule(0.5, begin_step=0, end_step=10)
+      >>> round(float(schedule(5)), 4)
+      0.25
+    """
+    final = check_sparsity(final_sparsity, "final_sparsity")
+    initial = check_sparsity(initial_sparsity, "initial_sparsity")
+    begin_step, end_step = _check_steps(begin_step, end_step)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = _progress(step, begin_step, end_step)
+        return jnp.float32(initial) + jnp.float32(final - initial) * 0.5 * (
+            1.0 - jnp.cos(jnp.pi * t)
+        )
+
+    return schedule
+
+
+def one_shot_schedule(sparsity: float, step: int) -> Schedule:
+    """Zero sparsity before ``step``, ``sparsity`` from ``step`` on (prune once, then fine-tune).
+
+    Args:
+      sparsity: sparsity applied at ``step``, in [0, 1).
+      step: the step at which all pruning happens; >= 0.
+
+    Returns:
+      A jittable function of the step returning a float32 scalar.
+
+    Example:
+      >>> schedule = one_shot_schedule(0.9, step=10)
+      >>> float(schedule(9)), round(float(schedule(10)), 4)
+      (0.0, 0.9)
+    """
+    value = check_sparsity(sparsity, "sparsity")
+    if int(step) != step or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step}.")
+    at = int(step)
+
+    def schedule(t: ArrayLike) -> jax.Array:
+        return jnp.where(jnp.asarray(t) >= at, jnp.float32(value), jnp.float32(0.0))
+
+    return schedule
+
+
+def constant_schedule(sparsity: float) -> Schedule:
+    """The same sparsity at every step (prune at the first update and keep it).
+
+    Args:
+      sparsity: the sparsity, in [0, 1).
+
+    Returns:
+      A jittable function of the step returning a float32 scalar.
+
+    Example:
+      >>> round(float(constant_schedule(0.5)(123)), 4)
+      0.5
+    """
+    value = check_sparsity(sparsity, "sparsity")
+
+    def schedule(t: ArrayLike) -> jax.Array:
+        del t
+        return jnp.float32(value)
+
+    return schedule
