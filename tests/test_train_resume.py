@@ -1,0 +1,168 @@
+"""Checkpoint specifications: exact resume after SIGKILL, fallback from a corrupt checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from progprune import data, methods
+from progprune.train import build, load_final_params, train_and_evaluate
+from progprune.train.checkpoint import Checkpointer
+from progprune.train.state import to_host
+
+REPO = Path(__file__).resolve().parent.parent
+OVERRIDES = {  # long enough to be killed mid-run; odd periods so the kill lands anywhere
+    "num_epochs": 8.0,
+    "checkpoint_every_steps": 7,
+    "log_every_steps": 5,
+    "async_checkpointing": True,
+}
+
+
+def _config():
+    config = tiny.get_config()
+    for key, value in OVERRIDES.items():
+        setattr(config, key, value)
+    return config
+
+
+def _command(workdir: Path) -> list[str]:
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    return [
+        sys.executable,
+        "-m",
+        "progprune.train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *flags,
+    ]
+
+
+def _rows(workdir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    # Throughput is wall-clock, the one thing that may differ between two identical runs.
+    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    pa, pb = load_final_params(str(a)), load_final_params(str(b))
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(x, y)  # bit-identical
+    assert _rows(a) == _rows(b)
+    sa, sb = (json.loads((w / "summary.json").read_text()) for w in (a, b))
+    sa.pop("wall_clock_s"), sb.pop("wall_clock_s")
+    assert sa == sb
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run (in-process: the CLI calls the same function)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    train_and_evaluate(_config(), str(workdir))
+    return workdir
+
+
+def test_sigkill_then_rerun_is_bit_identical(reference, tmp_path):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    ckpt_dir = workdir / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()]
+        if steps and max(steps) >= 50:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "summary.json").exists()
+    killed_at = max(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open())
+    assert killed_at < 176  # really interrupted (8 epochs x 22 steps)
+    out = subprocess.run(_command(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_same_run(reference, workdir)
+
+
+def _corrupt(step_dir: Path) -> None:
+    """Overwrites the array data files of a checkpoint with garbage of the same size."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
+    assert files
+    for p in files:
+        p.write_bytes(os.urandom(p.stat().st_size))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_finishes_identically(reference, tmp_path):
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(reference, workdir)
+    ckpt = Checkpointer(workdir)
+    steps = ckpt.steps()
+    ckpt.close()
+    # Pretend the run died after its second-to-last checkpoint with the last one corrupt.
+    for name in ("summary.json", "final_params"):
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _corrupt(workdir / "checkpoints" / str(steps[-1]))
+    train_and_evaluate(_config(), str(workdir))
+    moved = list((workdir / "corrupt_checkpoints").iterdir())
+    assert [p.name.split("_")[0] for p in moved] == [str(steps[-1])]
+    _assert_same_run(reference, workdir)
+
+
+def test_tampered_checkpoint_is_detected_by_checksum(reference, tmp_path):
+    workdir = tmp_path / "tampered"
+    shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+    ckpt = Checkpointer(workdir)
+    steps = ckpt.steps()
+    meta_file = workdir / "checkpoints" / str(steps[-1]) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["checksum"] = "00000000"  # as if the data no longer matched what was written
+    meta_file.write_text(json.dumps(meta))
+    state, _ = ckpt.restore_latest(_fresh_host_state(_config()))
+    assert int(state.step) == steps[-2]
+    assert (workdir / "corrupt_checkpoints").exists()
+
+
+def _fresh_host_state(config):
+    """A host TrainState with the structure a run of `config` checkpoints."""
+    ds = build.load_data(config)
+    spe = data.steps_per_epoch(len(ds.train), config.batch_size)
+    total = build.num_train_steps(config, spe)
+    setup = methods.pruning_setup(config.pruning, total, spe)
+    tx = build.make_optimizer(config, build.learning_rate_schedule(config, total, spe), setup)
+    return to_host(build.initial_state(config, tx, ds.train))
+
+
+def test_sigterm_checkpoints_at_once_and_rerun_is_bit_identical(reference, tmp_path):
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        _command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # what a preempted VM or a scheduler sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "preempted at step" in err
+    stopped_at = int(err.split("preempted at step ")[1].split(";")[0])
+    assert max(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()) == (
+        stopped_at
+    )  # saved right where it stopped, not at the last periodic checkpoint
+    out = subprocess.run(_command(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_same_run(reference, workdir)
