@@ -66,7 +66,7 @@ def _prune(
     segment = [0] * len(picked) if distribution == "global" else list(range(len(picked)))
     if masks is not None:
         # Masks only shrink: never prune fewer than are pruned already (key 0 marks them).
-        pruned = [jnp.sum(k == 0, dtype=jnp.int32) for k in keys]
+        pruned = [jnp.sum(~old[i], dtype=jnp.int32) for i in picked]
         already = (
             jnp.zeros_like(counts).at[jnp.asarray(segment, jnp.int32)].add(jnp.stack(pruned))
             if pruned
