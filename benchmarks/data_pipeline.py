@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -40,14 +41,17 @@ MEAN, STD = data.stats("cifar10")
 PAD = 4
 
 
-def consumer(kind: str):
-    """The stand-in train step: (float32 batch, labels) -> scalar."""
+Consumer = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def consumer(kind: str) -> Consumer:
+    """The stand-in train step: (float32 batch, labels) -> scalar; "mean" or "tiny_conv"."""
     kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 8)) * 0.1
 
-    def mean(x, y):
+    def mean(x: jax.Array, y: jax.Array) -> jax.Array:
         return jnp.mean(x) + jnp.mean(y.astype(jnp.float32))
 
-    def tiny_conv(x, y):
+    def tiny_conv(x: jax.Array, y: jax.Array) -> jax.Array:
         dims = ("NHWC", "HWIO", "NHWC")
         h = jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=dims)
         return jnp.mean(jax.nn.relu(h)) + jnp.mean(y.astype(jnp.float32))
@@ -55,18 +59,20 @@ def consumer(kind: str):
     return {"mean": mean, "tiny_conv": tiny_conv}[kind]
 
 
-def device_step(consume, n: int, batch_size: int, full_permutation: bool):
-    """The jitted step of the device-resident pipeline."""
+def device_step(
+    consume: Consumer, n: int, batch_size: int, full_permutation: bool
+) -> Callable[[jax.Array, jax.Array, int], jax.Array]:
+    """The jitted step of the device-resident pipeline: (images, labels, step) -> scalar."""
     spe = data.steps_per_epoch(n, batch_size)
 
-    def indices(step):
+    def indices(step: jax.Array) -> jax.Array:
         if not full_permutation:
             return data.batch_indices(0, step, n, batch_size)
         perm = jax.random.permutation(jax.random.fold_in(jax.random.key(0), step // spe), n)
         return jax.lax.dynamic_slice_in_dim(perm, (step % spe) * batch_size, batch_size)
 
     @jax.jit
-    def step_fn(images, labels, step):
+    def step_fn(images: jax.Array, labels: jax.Array, step: jax.Array) -> jax.Array:
         x, y = data.gather(images, labels, indices(step))
         rng = jax.random.fold_in(jax.random.key(1), step)
         x = data.preprocess(x, rng, augment=True, mean=MEAN, std=STD, pad=PAD)
@@ -75,7 +81,9 @@ def device_step(consume, n: int, batch_size: int, full_permutation: bool):
     return step_fn
 
 
-def host_batch(images, labels, idx, rng):
+def host_batch(
+    images: np.ndarray, labels: np.ndarray, idx: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Numpy gather + random crop (4-px zero padding) + flip + normalisation."""
     b, (h, w) = len(idx), images.shape[1:3]
     padded = np.pad(images[idx], ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
@@ -88,7 +96,14 @@ def host_batch(images, labels, idx, rng):
     return x, labels[idx]
 
 
-def run_device(step_fn, images, labels, steps: int, warmup: int) -> float:
+def run_device(
+    step_fn: Callable[[jax.Array, jax.Array, int], jax.Array],
+    images: jax.Array,
+    labels: jax.Array,
+    steps: int,
+    warmup: int,
+) -> float:
+    """Seconds for `steps` device-pipeline steps after `warmup` ones."""
     for s in range(warmup):
         step_fn(images, labels, s).block_until_ready()
     start = time.perf_counter()
@@ -97,7 +112,15 @@ def run_device(step_fn, images, labels, steps: int, warmup: int) -> float:
     return time.perf_counter() - start
 
 
-def run_host(consume, images, labels, batch_size: int, steps: int, warmup: int) -> float:
+def run_host(
+    consume: Consumer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+) -> float:
+    """Seconds for `steps` host-pipeline steps (numpy batches fed to `consume`) after warmup."""
     rng = np.random.default_rng(0)
     spe = data.steps_per_epoch(len(images), batch_size)
     perm = rng.permutation(len(images))
@@ -115,7 +138,9 @@ def run_host(consume, images, labels, batch_size: int, steps: int, warmup: int) 
     return time.perf_counter() - start
 
 
-def measure(ds, batch_sizes, steps: int, warmup: int, repeats: int) -> list[dict]:
+def measure(
+    ds: data.ArrayDataset, batch_sizes: Sequence[int], steps: int, warmup: int, repeats: int
+) -> list[dict]:
     """Best-of-`repeats` seconds for each (batch size, consumer, pipeline)."""
     n = len(ds)
     images, labels = jax.device_put(ds.images), jax.device_put(ds.labels)
@@ -124,19 +149,14 @@ def measure(ds, batch_sizes, steps: int, warmup: int, repeats: int) -> list[dict
         for kind in ("mean", "tiny_conv"):
             consume = consumer(kind)
             device, perm = (device_step(consume, n, batch_size, p) for p in (False, True))
-            host = jax.jit(consume)
-            host_args = (ds.images, ds.labels, batch_size, steps, warmup)
             device_args = (images, labels, steps, warmup)
-            configs += [
-                (batch_size, kind, "device", functools.partial(run_device, device, *device_args)),
-                (
-                    batch_size,
-                    kind,
-                    "device_perm",
-                    functools.partial(run_device, perm, *device_args),
-                ),
-                (batch_size, kind, "host_numpy", functools.partial(run_host, host, *host_args)),
-            ]
+            host_args = (ds.images, ds.labels, batch_size, steps, warmup)
+            runs = {
+                "device": functools.partial(run_device, device, *device_args),
+                "device_perm": functools.partial(run_device, perm, *device_args),
+                "host_numpy": functools.partial(run_host, jax.jit(consume), *host_args),
+            }
+            configs += [(batch_size, kind, name, run) for name, run in runs.items()]
     best = [float("inf")] * len(configs)
     # Repeats go round all configurations, so a burst of load on a shared machine
     # hits every pipeline alike; the minimum is the least disturbed run.
@@ -157,6 +177,7 @@ def measure(ds, batch_sizes, steps: int, warmup: int, repeats: int) -> list[dict
 
 
 def main() -> None:
+    """Parses the command line, measures, prints the table and writes the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000, help="examples in the split")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[128, 512])

@@ -21,64 +21,70 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import resnet18_cifar10  # noqa: E402
-from progprune import data, methods  # noqa: E402
+from progprune import data  # noqa: E402
 from progprune.train import build, parallel  # noqa: E402
 from progprune.train.state import to_host  # noqa: E402
 
 
-def make_config(args):
+def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    """The ResNet-18 CIFAR-10 config on synthetic data, sized by the command line."""
     config = resnet18_cifar10.get_config()
     config.model = args.model
     config.data.name = "synthetic"
     config.dtype = args.dtype
     config.parallel = args.parallel
     config.batch_size = args.batch_per_device * jax.device_count()
+    config.num_train_steps = 100_000  # a long run's schedule: the ramp is active throughout
     config.pruning.update_every = args.update_every
     return config
 
 
-def measure(config, steps: int, warmup: int) -> dict:
+def _timed_steps(
+    launcher: parallel.Launcher, state: Any, split: tuple[Any, Any], num_steps: int
+) -> tuple[Any, dict[str, Any], float]:
+    """Runs `num_steps` train steps; returns (state, last metrics, seconds until done)."""
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        state, metrics = launcher.train_step(state, *split)
+    jax.block_until_ready(metrics)
+    return state, metrics, time.perf_counter() - start
+
+
+def measure(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, float]:
+    """Images/s of `steps` train steps after `warmup` (compiling) ones, on every device."""
     n = jax.device_count()
     ds = build.Datasets(
         data.synthetic((32, 32, 3), 10, max(4096, config.batch_size), seed=0),
         data.synthetic((32, 32, 3), 10, 256, seed=1),
     )
-    total = 100_000  # a long run's schedule: the ramp is active during the measurement
-    spe = data.steps_per_epoch(len(ds.train), config.batch_size)
-    setup = methods.pruning_setup(config.pruning, total, spe)
-    tx = build.make_optimizer(config, build.learning_rate_schedule(config, total, spe), setup)
+    tx = build.make_plan(config, len(ds.train)).tx
     train_step, eval_step = build.make_steps(config, ds, tx, n)
     launcher = parallel.make_launcher(config.parallel, train_step, eval_step, jax.devices())
     state = launcher.put_state(to_host(build.initial_state(config, tx, ds.train)))
-    images, labels = launcher.put_data(ds.train.images), launcher.put_data(ds.train.labels)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        state, m = launcher.train_step(state, images, labels)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = launcher.train_step(state, images, labels)
-    jax.block_until_ready(m)
-    seconds = time.perf_counter() - t0
+    split = (launcher.put_data(ds.train.images), launcher.put_data(ds.train.labels))
+    state, _, compile_s = _timed_steps(launcher, state, split, warmup)
+    state, metrics, seconds = _timed_steps(launcher, state, split, steps)
     ips = steps * config.batch_size / seconds
     return {
         "images_per_sec": ips,
         "images_per_sec_per_device": ips / n,
         "step_ms": 1e3 * seconds / steps,
         "warmup_s": compile_s,
-        "final_loss": float(launcher.get_metrics(m)["train_loss"]),
+        "final_loss": float(launcher.get_metrics(metrics)["train_loss"]),
     }
 
 
 def main() -> None:
+    """Parses the command line, measures, prints the table and writes the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch_per_device", type=int, default=128)

@@ -4,10 +4,19 @@ SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128, crop (pad 4) + flip on the 
 linear sparsity ramp runs from the start to 60% of training, masks updated every half epoch.
 """
 
+import ml_collections
+
 from configs import default
 
 
-def cifar_config(model: str, sparsity: float, epochs: float, lr_schedule: str):
+def cifar_config(
+    model: str, sparsity: float, epochs: float, lr_schedule: str
+) -> ml_collections.ConfigDict:
+    """The shared CIFAR-10 recipe (module docstring) for `model`, `sparsity` and duration.
+
+    >>> cifar_config("vgg19", 0.98, epochs=160.0, lr_schedule="step").data.augment
+    True
+    """
     config = default.get_config()
     config.model = model  # resnet18 | vgg_like | vgg19
     config.data.name = "cifar10"

@@ -1,9 +1,16 @@
 """Shared recipe of the four LeNet configs (not a config itself)."""
 
+import ml_collections
+
 from configs import default
 
 
-def lenet_config(model: str, data: str, sparsity: float):
+def lenet_config(model: str, data: str, sparsity: float) -> ml_collections.ConfigDict:
+    """40 epochs of SGD 0.05 (cosine), weight decay 5e-4, linear ramp over the first 60%.
+
+    >>> lenet_config("lenet5", "mnist", sparsity=0.99).pruning.end_fraction
+    0.6
+    """
     config = default.get_config()
     config.model = model  # lenet300_100 | lenet5
     config.data.name = data  # mnist | fashion_mnist

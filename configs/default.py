@@ -12,8 +12,28 @@ The config is locked: an unknown key is an error, not a new field.
 import ml_collections
 
 
+def get_data_config() -> ml_collections.ConfigDict:
+    """The ``config.data`` block: which data set, where from, and its augmentation.
+
+    >>> get_data_config().name
+    'fashion_mnist'
+    """
+    d = ml_collections.ConfigDict()
+    d.name = "fashion_mnist"  # progprune.data.DATASET_NAMES
+    d.data_dir = ml_collections.FieldReference(None, field_type=str)  # None => default
+    d.source = "auto"  # auto | idx | tfds (see progprune.data.load)
+    d.augment = False  # random crop (pad 4) + horizontal flip, on device
+    d.train_split = "train"
+    d.eval_split = "test"
+    return d
+
+
 def get_pruning_config() -> ml_collections.ConfigDict:
-    """The ``config.pruning`` block: which method, how sparse, and when."""
+    """The ``config.pruning`` block: which method, how sparse, and when.
+
+    >>> get_pruning_config().method
+    'progressive'
+    """
     p = ml_collections.ConfigDict()
     # dense | progressive | gmp | oneshot | imp | snip | grasp | random | fixed
     p.method = "progressive"
@@ -22,9 +42,8 @@ def get_pruning_config() -> ml_collections.ConfigDict:
     p.end_fraction = 0.75  # progressive/gmp: ramp reaches `sparsity` at this fraction
     p.update_every = 0  # steps between mask updates; 0 => half an epoch
     p.distribution = "global"  # how sparsity is spread over layers: global | uniform | erk
-    p.prunable = ml_collections.FieldReference(
-        None, field_type=str
-    )  # regex on paths; None => kernels
+    # regex on '/'-joined param paths; None => every kernel (float leaves of rank >= 2)
+    p.prunable = ml_collections.FieldReference(None, field_type=str)
     p.oneshot_fraction = 0.5  # oneshot: prune at this fraction of training, then fine-tune
     p.imp_rounds = 0  # imp: > 0 => reach `sparsity` in exactly this many rounds
     p.imp_rate = 0.2  # imp: largest fraction of remaining weights pruned per round
@@ -36,16 +55,15 @@ def get_pruning_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the default config (LeNet-300-100, Fashion-MNIST, 90% sparsity)."""
+    """Returns the default config (LeNet-300-100, Fashion-MNIST, 90% sparsity).
+
+    >>> config = get_config()
+    >>> config.model, config.data.name, config.pruning.sparsity
+    ('lenet300_100', 'fashion_mnist', 0.9)
+    """
     config = ml_collections.ConfigDict()
     config.model = "lenet300_100"  # progprune.models.get_model name
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"  # progprune.data.DATASET_NAMES
-    config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # None => default
-    config.data.source = "auto"  # auto | tfds | idx | sklearn (see progprune.data.load)
-    config.data.augment = False  # random crop (pad 4) + horizontal flip, on device
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
+    config.data = get_data_config()
 
     config.num_epochs = 10.0  # training length in epochs (may be fractional)
     config.num_train_steps = -1  # > 0 overrides num_epochs (tests, benchmarks)

@@ -8,8 +8,11 @@ Expected: ~90-91% test accuracy at 0.98 sparsity (dense LeNet-5 reaches ~91%); a
 30-40 minutes on 2 CPU cores (40 epochs), a minute or two on a GPU.
 """
 
+import ml_collections
+
 from configs._lenet import lenet_config
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
+    """Returns this file's config (see the module docstring for the command)."""
     return lenet_config("lenet5", "fashion_mnist", sparsity=0.98)

@@ -8,10 +8,13 @@ cores (1-3 minutes on a busy machine). Measured: 0.8981 at 0.9000 (fc1 0.925, fc
 fc3 0.313), 26 s of training, 35 s end to end.
 """
 
+import ml_collections
+
 from configs import default
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
+    """Returns this file's config (see the module docstring for the command)."""
     config = default.get_config()
     config.model = "lenet300_100"
     config.data.name = "fashion_mnist"

@@ -7,8 +7,11 @@
 accuracy at 0.97 sparsity (SNIP: ~92.0%). Cost: ~78k steps; tens of minutes on one GPU.
 """
 
+import ml_collections
+
 from configs._cifar import cifar_config
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
+    """Returns this file's config (see the module docstring for the command)."""
     return cifar_config("vgg_like", sparsity=0.97, epochs=200.0, lr_schedule="cosine")

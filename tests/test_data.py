@@ -5,7 +5,9 @@ The device-resident pipeline is specified in test_data_pipeline.py.
 
 from __future__ import annotations
 
+import doctest
 import gzip
+import importlib
 import io
 import socket
 import types
@@ -348,3 +350,26 @@ def test_prepare_then_load_real_array_record_files(tmp_path, monkeypatch, capsys
     assert len(data.load("cifar10", "train", data_dir=data_dir)) == 5 * len(raw)
     assert cli_main(["info", "--data_dir", str(data_dir)]) == 0
     assert f"cifar10        tfds: {data_dir / 'cifar10' / '3.0.2'}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- docstrings
+
+
+@debian  # some examples read the real Fashion-MNIST files
+@pytest.mark.parametrize(
+    "name",
+    [
+        "progprune.data.__main__",
+        "progprune.data.dataset",
+        "progprune.data.digits",
+        "progprune.data.idx",
+        "progprune.data.pipeline",
+        "progprune.data.sources",
+        "progprune.data.synthetic",
+        "progprune.data.tfds_source",
+    ],
+)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
+    assert result.attempted > 0, f"{name} has no docstring example"

@@ -5,6 +5,9 @@ Big models are only traced (`jax.eval_shape`), never run, except in tests marked
 
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -348,3 +351,21 @@ def test_big_model_initialisers():
     np.testing.assert_allclose(jnp.std(kernel), np.sqrt(2 / (9 * 64)), rtol=0.02)
     kernel = r20["stage2_block1"]["conv1"]["kernel"]  # fan_in 9 * 16 != fan_out 9 * 32
     np.testing.assert_allclose(jnp.std(kernel), np.sqrt(2 / (9 * 16)), rtol=0.05)
+
+
+@pytest.mark.slow  # the examples initialise real models with threefry keys: ~1 min on a CPU
+@pytest.mark.parametrize(
+    "name",
+    [
+        "progprune.models",
+        "progprune.models._common",
+        "progprune.models.lenet",
+        "progprune.models.resnet",
+        "progprune.models.tiny",
+        "progprune.models.vgg",
+    ],
+)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
+    assert result.attempted > 0, f"{name} has no docstring example"

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progprune import data, methods
 from progprune.train import build, load_final_params, train_and_evaluate
 from progprune.train.checkpoint import Checkpointer
 from progprune.train.state import to_host
@@ -138,10 +137,7 @@ def test_tampered_checkpoint_is_detected_by_checksum(reference, tmp_path):
 def _fresh_host_state(config):
     """A host TrainState with the structure a run of `config` checkpoints."""
     ds = build.load_data(config)
-    spe = data.steps_per_epoch(len(ds.train), config.batch_size)
-    total = build.num_train_steps(config, spe)
-    setup = methods.pruning_setup(config.pruning, total, spe)
-    tx = build.make_optimizer(config, build.learning_rate_schedule(config, total, spe), setup)
+    tx = build.make_plan(config, len(ds.train)).tx
     return to_host(build.initial_state(config, tx, ds.train))
 
 

@@ -29,21 +29,24 @@ class ArrayDataset:
     num_classes: int
     name: str
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(
                 f"{self.name}: images must be uint8 [N, H, W, C], got "
-                f"{self.images.dtype} {self.images.shape}"
+                f"{self.images.dtype} {self.images.shape}; convert with .astype(np.uint8), and "
+                "give grey images a trailing channel axis of 1 (images[..., None])"
             )
         if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(
                 f"{self.name}: labels must be int32 [{self.images.shape[0]}], got "
-                f"{self.labels.dtype} {self.labels.shape}"
+                f"{self.labels.dtype} {self.labels.shape}; pass one label per image, converted "
+                "with .astype(np.int32)"
             )
         if self.labels.size and not 0 <= self.labels.min() <= self.labels.max() < self.num_classes:
             raise ValueError(
                 f"{self.name}: labels must lie in [0, {self.num_classes}), got "
-                f"[{self.labels.min()}, {self.labels.max()}]"
+                f"[{self.labels.min()}, {self.labels.max()}]; remap the labels to 0..K-1 or "
+                "raise num_classes"
             )
 
     def __len__(self) -> int:

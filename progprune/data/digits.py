@@ -22,6 +22,8 @@ def load_digits(split: str) -> ArrayDataset:
     >>> load_digits("test").images.shape
     (360, 8, 8, 1)
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; valid splits: train, test")
     from sklearn.datasets import load_digits as sklearn_digits  # optional dependency
 
     raw = sklearn_digits()

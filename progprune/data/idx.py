@@ -122,11 +122,44 @@ def _split_file(directory: Path, split: str, kind: str) -> Path | None:
     return None
 
 
+def expected_files(split: str) -> str:
+    """The IDX file names `load_idx` looks for, as error messages name them.
+
+    >>> expected_files("test")
+    't10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]'
+    """
+    if split not in _SPLIT_PREFIX:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(_SPLIT_PREFIX)}")
+    prefix = _SPLIT_PREFIX[split]
+    return f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]"
+
+
+def debian_hint(name: str) -> str:
+    """For "fashion_mnist", a sentence on getting it offline from Debian; else "".
+
+    Appended to every error about missing Fashion-MNIST (no files, no network).
+
+    >>> debian_hint("mnist")
+    ''
+    """
+    if name != "fashion_mnist":
+        return ""
+    return (
+        f" Offline, real Fashion-MNIST comes with Debian: apt-get install "
+        f"dataset-fashion-mnist (files in {DEBIAN_FASHION_MNIST})."
+    )
+
+
 def idx_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     """Directories searched, in order, for the IDX files of `name`.
 
     With a `data_dir`: `data_dir/name`, then `data_dir` itself. Without one: the Debian
     Fashion-MNIST directory for "fashion_mnist", nothing for "mnist".
+
+    >>> [str(d) for d in idx_dirs("mnist", "/data")]
+    ['/data/mnist', '/data']
+    >>> idx_dirs("mnist", None)
+    []
     """
     if data_dir is not None:
         return [Path(data_dir) / name, Path(data_dir)]
@@ -134,7 +167,11 @@ def idx_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
 
 
 def find_idx_dir(name: str, split: str, data_dir: str | os.PathLike | None) -> Path | None:
-    """The first directory of `idx_dirs` holding both IDX files of `split`, or None."""
+    """The first directory of `idx_dirs` holding both IDX files of `split`, or None.
+
+    >>> find_idx_dir("mnist", "train", "/nonexistent") is None
+    True
+    """
     for directory in idx_dirs(name, data_dir):
         if _split_file(directory, split, "images") and _split_file(directory, split, "labels"):
             return directory
@@ -156,13 +193,14 @@ def load_idx(name: str, split: str, directory: str | os.PathLike) -> ArrayDatase
     >>> ds.images.shape
     (10000, 28, 28, 1)
     """
+    files = expected_files(split)  # also validates `split`
     directory = Path(directory)
     image_file = _split_file(directory, split, "images")
     label_file = _split_file(directory, split, "labels")
     if image_file is None or label_file is None:
         raise FileNotFoundError(
-            f"no IDX {split} files ({_SPLIT_PREFIX[split]}-images-idx3-ubyte[.gz], "
-            f"{_SPLIT_PREFIX[split]}-labels-idx1-ubyte[.gz]) in {directory}"
+            f"no IDX {split} files in {directory}; expected {files} there (or the spelling "
+            "with '.idx3'/'.idx1')."
         )
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.dtype != np.uint8:

@@ -56,7 +56,11 @@ def stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def default_augment(name: str) -> bool:
-    """Whether `name` is trained with crop+flip augmentation by default (CIFAR only)."""
+    """Whether `name` is trained with crop+flip augmentation by default (CIFAR only).
+
+    >>> default_augment("cifar10"), default_augment("fashion_mnist")
+    (True, False)
+    """
     stats(name)  # validates the name
     return name in _AUGMENT
 
@@ -68,7 +72,10 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     468
     """
     if not 0 < batch_size <= num_examples:
-        raise ValueError(f"need 0 < batch_size <= num_examples, got {batch_size}, {num_examples}")
+        raise ValueError(
+            f"need 0 < batch_size <= num_examples, got batch_size={batch_size} for "
+            f"{num_examples} examples; use a batch size between 1 and {num_examples}."
+        )
     return num_examples // batch_size
 
 
@@ -223,7 +230,10 @@ def preprocess(
     """
     if augment:
         if rng is None:
-            raise ValueError("preprocess(augment=True) needs an rng key")
+            raise ValueError(
+                "preprocess(augment=True) needs an rng key; pass rng=jax.random.key(seed) "
+                "(or augment=False)."
+            )
         ids = jnp.arange(x.shape[0]) if example_ids is None else example_ids
         keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, _shard_like_batch(ids, x))
         x = _crop_and_flip(x, keys, pad)

@@ -76,39 +76,37 @@ def load(
     return tfds_source.load_tfds(name, split, data_dir)
 
 
-def _looked_in(name: str, data_dir) -> str:
+def _looked_in(name: str, data_dir: str | os.PathLike | None) -> str:
     dirs = idx.idx_dirs(name, data_dir)
     return ", ".join(str(d) for d in dirs) if dirs else "(no directory: pass data_dir)"
 
 
-def _missing_idx_error(name: str, split: str, data_dir) -> FileNotFoundError:
+def _missing_idx_error(
+    name: str, split: str, data_dir: str | os.PathLike | None
+) -> FileNotFoundError:
     return FileNotFoundError(
         f"no IDX files for {name!r} split {split!r}; looked in {_looked_in(name, data_dir)}. "
-        f"Expected {'train' if split == 'train' else 't10k'}-images-idx3-ubyte[.gz] and "
-        f"the matching labels-idx1 file." + _debian_hint(name)
+        f"Put {idx.expected_files(split)} in one of those directories (or pass the data_dir "
+        "that holds them), or use source='auto' to fall back to tfds." + idx.debian_hint(name)
     )
 
 
-def _missing_any_error(name: str, split: str, data_dir) -> FileNotFoundError:
+def _missing_any_error(
+    name: str, split: str, data_dir: str | os.PathLike | None
+) -> FileNotFoundError:
     extra = ""
     if name in idx.IDX_NAMES:
-        extra = f" No IDX files either (looked in {_looked_in(name, data_dir)})." + _debian_hint(
-            name
-        )
+        looked_in = _looked_in(name, data_dir)
+        extra = f" No IDX files either (looked in {looked_in})." + idx.debian_hint(name)
     return tfds_source.missing_data_error(name, split, data_dir, extra)
 
 
-def _debian_hint(name: str) -> str:
-    if name != "fashion_mnist":
-        return ""
-    return (
-        f" Offline, real Fashion-MNIST comes with Debian: apt-get install "
-        f"dataset-fashion-mnist (files in {idx.DEBIAN_FASHION_MNIST})."
-    )
-
-
 def describe(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """Where `load(name, ...)` would read the training split from, or what is missing."""
+    """Where `load(name, ...)` would read the training split from, or what is missing.
+
+    >>> describe("digits")
+    'scikit-learn (bundled)'
+    """
     _check(name, DATASET_NAMES, "data set name")
     if name == "digits":
         return "scikit-learn (bundled)"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from progprune.data.dataset import ArrayDataset
+from progprune.data.idx import debian_hint
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 # Hosts the tfds builders download from; resolved before a download so that a machine
@@ -34,12 +35,20 @@ _DOWNLOAD_HOSTS = {
 
 
 def prepare_command(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """The shell command that downloads and prepares `name` into `data_dir`."""
+    """The shell command that downloads and prepares `name` into `data_dir`.
+
+    >>> prepare_command("cifar10", "/data")
+    'python -m progprune.data prepare cifar10 --data_dir /data'
+    """
     return f"python -m progprune.data prepare {name} --data_dir {tfds_data_dir(data_dir)}"
 
 
 def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
+    """`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default).
+
+    >>> str(tfds_data_dir("/data"))
+    '/data'
+    """
     if data_dir is not None:
         return Path(data_dir).expanduser()
     env = os.environ.get("TFDS_DATA_DIR")
@@ -76,8 +85,22 @@ def find_prepared(name: str, split: str, data_dir: str | os.PathLike | None = No
     return None
 
 
-def missing_data_error(name: str, split: str, data_dir, extra: str = "") -> FileNotFoundError:
-    """The error raised when `name` is not prepared: names the directory and the command."""
+def missing_data_error(
+    name: str, split: str, data_dir: str | os.PathLike | None, extra: str = ""
+) -> FileNotFoundError:
+    """The error raised when `name` is not prepared: names the directory and the command.
+
+    Args:
+      name: the tfds data set.
+      split: "train" or "test".
+      data_dir: the tfds data directory looked in (None: the default).
+      extra: a sentence appended to the first line (e.g. where IDX files were looked for).
+
+    >>> print(missing_data_error("cifar10", "train", "/data"))
+    no prepared tfds data set 'cifar10' (split 'train') under /data/cifar10.
+    Download and prepare it once (needs internet and TensorFlow):
+      python -m progprune.data prepare cifar10 --data_dir /data
+    """
     root = tfds_data_dir(data_dir)
     has_tfrecord = any((root / name).glob(f"*/{name}-{split}.tfrecord-*"))
     why = (
@@ -156,14 +179,9 @@ def _require_network(name: str) -> None:
     try:
         socket.getaddrinfo(host, 443)
     except OSError as e:
-        offline = (
-            " Offline, Debian's package dataset-fashion-mnist holds real Fashion-MNIST, "
-            "which progprune reads directly: apt-get install dataset-fashion-mnist."
-            if name == "fashion_mnist"
-            else ""
-        )
         raise RuntimeError(
-            f"cannot resolve {host} ({e}); preparing {name!r} needs internet.{offline}"
+            f"cannot resolve {host} ({e}); preparing {name!r} needs internet: prepare it on a "
+            "machine with network access and copy its data directory here." + debian_hint(name)
         ) from e
 
 
@@ -179,9 +197,20 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 
     Returns:
       The prepared version directory, e.g. ~/tensorflow_datasets/cifar10/3.0.2.
+
+    Raises:
+      ValueError: if `name` is not one of TFDS_NAMES.
+      RuntimeError: if TensorFlow or the network is missing, saying what to do.
+
+    >>> prepare("digits")
+    Traceback (most recent call last):
+    ValueError: tfds can prepare mnist, fashion_mnist, cifar10, cifar100; got 'digits' ...
     """
     if name not in TFDS_NAMES:
-        raise ValueError(f"tfds can prepare {', '.join(TFDS_NAMES)}; got {name!r}")
+        raise ValueError(
+            f"tfds can prepare {', '.join(TFDS_NAMES)}; got {name!r} (digits and synthetic "
+            "need no preparing: load them directly)"
+        )
     _require_tensorflow()
     _require_network(name)
     import tensorflow_datasets as tfds

@@ -41,6 +41,7 @@ class LeNet300100(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32 (`train` is unused)."""
         del train  # No BatchNorm or dropout; kept for a uniform model signature.
         x = flatten(x)
         for name, width in (("fc1", 300), ("fc2", 100)):
@@ -79,6 +80,7 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32 (`train` is unused)."""
         del train  # No BatchNorm or dropout; kept for a uniform model signature.
         check_nhwc(x, "LeNet5", min_size=16)
         for name, features in (("conv1", 20), ("conv2", 50)):

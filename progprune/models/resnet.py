@@ -69,6 +69,8 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """[batch, H / strides, W / strides, features]; `train` uses batch statistics in BN."""
+
         def conv(features: int, size: int, strides: int, name: str) -> nn.Conv:
             return nn.Conv(
                 features,
@@ -156,6 +158,7 @@ class ResNet18(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32; `train` uses batch statistics in BN."""
         check_nhwc(x, "ResNet18")
         return _resnet(
             x,
@@ -196,6 +199,7 @@ class ResNet20(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32; `train` uses batch statistics in BN."""
         check_nhwc(x, type(self).__name__)
         return _resnet(
             x,

@@ -31,6 +31,7 @@ class TinyMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32 (`train` is unused)."""
         del train  # No BatchNorm or dropout; kept for a uniform model signature.
         x = nn.relu(nn.Dense(32, dtype=self.dtype, name="fc1")(flatten(x)))
         return logits_f32(nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(x))
@@ -63,6 +64,7 @@ class TinyCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32; `train` uses batch statistics in BN."""
         check_nhwc(x, "TinyCNN")
         x = nn.Conv(8, (3, 3), use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(batch_norm(train, self.dtype, self.axis_name, "bn1")(x))

@@ -95,6 +95,7 @@ class VGGLike(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32; `train` uses batch statistics in BN."""
         check_nhwc(x, "VGGLike", min_size=32)
         x = _conv_stack(
             x,
@@ -138,6 +139,7 @@ class VGG19(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Logits [batch, num_classes] in float32; `train` uses batch statistics in BN."""
         check_nhwc(x, "VGG19", min_size=16)
         x = _conv_stack(
             x,

@@ -37,6 +37,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
+    """Trains `--config` in `--workdir`; exits 2 on a config error, 3 on NaN, 143 if preempted.
+
+    Example:
+      >>> app.run(main, flags_parser=parse_flags)  # doctest: +SKIP
+    """
     del argv
     import jax
 
@@ -67,7 +72,12 @@ def main(argv: list[str]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
+    """absl flag parsing with one-line errors for bad ``--config.*`` overrides.
+
+    Example:
+      >>> parse_flags(["train", "--config=configs/tiny.py", "--config.lr=1"])  # doctest: +SKIP
+      error: unknown config key 'lr'. ...
+    """
     try:
         return FLAGS(argv)
     except flags.Error as e:

@@ -88,6 +88,7 @@ class Checkpointer:
         )
 
     def steps(self) -> list[int]:
+        """The steps that have a checkpoint on disk, oldest first."""
         return sorted(self.manager.all_steps())
 
     def save(self, state: TrainState, meta: dict[str, Any]) -> None:
@@ -105,10 +106,6 @@ class Checkpointer:
             ),
             force=True,
         )
-
-    def read_meta(self, step: int) -> dict[str, Any]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return restored.meta
 
     def _restore(self, step: int, target: TrainState) -> tuple[TrainState, dict]:
         restored = self.manager.restore(
@@ -158,10 +155,13 @@ class Checkpointer:
         self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
+        """Whether a multi-host preemption notice asks to save and stop at `step`."""
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
+        """Blocks until every pending (async) save is committed."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for pending saves and releases the manager's threads."""
         self.manager.close()

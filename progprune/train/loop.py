@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import progprune
-from progprune import data, methods
 from progprune.train import build, metrics
 from progprune.train.checkpoint import Checkpointer, config_diff, config_fingerprint
-from progprune.train.parallel import Launcher, make_launcher, select_devices
+from progprune.train.parallel import make_launcher, select_devices
 from progprune.train.state import to_host
 from progprune.train.validate import validate
 
@@ -36,7 +36,14 @@ RUN_FILES = (
 
 
 class PreemptedError(RuntimeError):
-    """Raised after a SIGTERM/preemption notice: the state was checkpointed; rerun to resume."""
+    """Raised after a SIGTERM/preemption notice: the state was checkpointed; rerun to resume.
+
+    Example:
+      >>> try:  # doctest: +SKIP
+      ...     train_and_evaluate(config, workdir)
+      ... except PreemptedError:
+      ...     sys.exit(143)  # the scheduler reruns the same command, which resumes
+    """
 
 
 def train_and_evaluate(
@@ -82,7 +89,22 @@ def train_and_evaluate(
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses a workdir holding a different run (unless config.overwrite); records the config."""
+    """Refuses a workdir holding a different run (unless config.overwrite); records the config.
+
+    Writes ``workdir/config.json`` (the config and its fingerprint). With ``config.overwrite``
+    a different run's files (`RUN_FILES`) are deleted first.
+
+    Example:
+      >>> import tempfile
+      >>> from configs import tiny
+      >>> workdir = Path(tempfile.mkdtemp())
+      >>> prepare_workdir(tiny.get_config(), workdir)
+      >>> other = tiny.get_config()
+      >>> other.seed = 1
+      >>> prepare_workdir(other, workdir)
+      Traceback (most recent call last):
+      ValueError: workdir '...' holds a different run (config differs in seed); ...
+    """
     record = workdir / "config.json"
     mine = {"fingerprint": config_fingerprint(config), "config": config.to_dict()}
     if record.exists():
@@ -111,45 +133,74 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
         tmp.replace(record)
 
 
-def _host_masks(launcher: Launcher, state: Any) -> PyTree:
-    return launcher.get_state(progprune.get_masks(state.opt_state))
-
-
 def save_params(path: Path, params: PyTree) -> None:
-    """Writes a params pytree with orbax (synchronously), replacing nothing that exists."""
+    """Writes a params pytree with orbax (synchronously), replacing nothing that exists.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> path = Path(tempfile.mkdtemp()) / "params"
+      >>> save_params(path, {"w": np.ones(2, np.float32)})
+      >>> ocp.StandardCheckpointer().restore(path)["w"]
+      array([1., 1.], dtype=float32)
+    """
     if not path.exists():
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(path.absolute(), params)
 
 
 def load_final_params(workdir: str) -> PyTree:
-    """Params at the end of the run in `workdir` (host numpy pytree)."""
+    """Params at the end of the run in `workdir` (host numpy pytree).
+
+    Example:
+      >>> params = load_final_params("/tmp/tiny")  # doctest: +SKIP
+      >>> sorted(params)  # doctest: +SKIP
+      ['fc1', 'fc2']
+    """
     return to_host(ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "final_params"))
 
 
 def load_rewind_params(workdir: str) -> PyTree:
-    """Params saved at ``config.pruning.rewind_step`` of the run in `workdir`."""
+    """Params saved at ``config.pruning.rewind_step`` of the run in `workdir` (host numpy).
+
+    Example:
+      >>> params = load_rewind_params("/tmp/tiny")  # doctest: +SKIP
+      >>> train_and_evaluate(config, "/tmp/round2", initial_params=params,  # doctest: +SKIP
+      ...                    initial_masks=masks)
+    """
     return to_host(ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "rewind_params"))
 
 
 class Run:
-    """One training run's moving parts; `train` runs it from the latest checkpoint to the end."""
+    """One training run's moving parts; `train` runs it from the latest checkpoint to the end.
 
-    def __init__(self, config, workdir: Path, devices, initial_masks, initial_params):
+    Used by `train_and_evaluate` only; it holds the host-side bookkeeping of the loop (metric
+    window, last evaluation, preemption flag) that a checkpoint must carry.
+
+    Example:
+      >>> run = Run(config, Path(workdir), jax.devices(), None, None)  # doctest: +SKIP
+      >>> summary = run.train()  # then run.close(), in a `finally`  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: Path,
+        devices: Sequence[jax.Device],
+        initial_masks: PyTree | None,
+        initial_params: PyTree | None,
+    ):
         self.config, self.workdir = config, workdir
         ds = build.load_data(config)
-        self.spe = data.steps_per_epoch(len(ds.train), config.batch_size)
-        self.total_steps = build.num_train_steps(config, self.spe)
-        self.lr_fn = build.learning_rate_schedule(config, self.total_steps, self.spe)
-        self.setup = methods.pruning_setup(config.pruning, self.total_steps, self.spe)
-        tx = build.make_optimizer(config, self.lr_fn, self.setup)
-        train_step, eval_step = build.make_steps(config, ds, tx, len(devices))
+        plan = build.make_plan(config, len(ds.train))
+        self.spe, self.total_steps = plan.steps_per_epoch, plan.total_steps
+        self.lr_fn, self.setup = plan.learning_rate, plan.pruning
+        train_step, eval_step = build.make_steps(config, ds, plan.tx, len(devices))
         self.launcher = make_launcher(config.parallel, train_step, eval_step, devices)
         self.ckpt = Checkpointer(
             workdir, max_to_keep=config.max_to_keep, async_save=config.async_checkpointing
         )
         fresh = build.initial_state(
-            config, tx, ds.train, initial_masks=initial_masks, initial_params=initial_params
+            config, plan.tx, ds.train, initial_masks=initial_masks, initial_params=initial_params
         )
         self.host_state, self.resumed = to_host(fresh), None
         restored = self.ckpt.restore_latest(self.host_state)
@@ -160,6 +211,8 @@ class Run:
         self.eval_data = (put(ds.eval.images), put(ds.eval.labels))
         self.data_names = (ds.train.name, ds.eval.name)
         self._preempted = False
+        self._old_handler = None  # the SIGTERM handler to restore in `close`
+        self.last_eval: tuple[int | None, dict[str, float] | None] = (None, None)
 
     # -- the loop ---------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -263,7 +316,8 @@ class Run:
         return {"sparsity": self.last_sparsity, "per_layer_sparsity": layers}
 
     def _sparsity(self, state) -> dict[str, float]:
-        summary = progprune.sparsity_summary(_host_masks(self.launcher, state))
+        masks = self.launcher.get_state(progprune.get_masks(state.opt_state))
+        summary = progprune.sparsity_summary(masks)
         return {k: float(v) for k, v in summary.items()}
 
     def _evaluate(self, state) -> dict[str, float]:
@@ -283,8 +337,8 @@ class Run:
 
     def _summary(self, state) -> dict[str, Any]:
         self.ckpt.wait()
-        last = getattr(self, "last_eval", (None, None))
-        eval_metrics = last[1] if last[0] == self.total_steps else self._evaluate(state)
+        step, metrics_at_step = self.last_eval
+        eval_metrics = metrics_at_step if step == self.total_steps else self._evaluate(state)
         layers = self._sparsity(state)
         host_params = self.launcher.get_state(state.params)
         save_params(self.workdir / "final_params", host_params)
@@ -322,7 +376,8 @@ class Run:
         return jax.process_count() > 1 and self.ckpt.reached_preemption(step)
 
     def close(self) -> None:
-        if getattr(self, "_old_handler", None) is not None:
+        """Restores the SIGTERM handler and waits for pending checkpoint writes."""
+        if self._old_handler is not None:
             signal.signal(signal.SIGTERM, self._old_handler)
         self.ckpt.wait()
         self.ckpt.close()

@@ -40,6 +40,7 @@ class MetricWriter:
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, step: int, row: dict[str, Any]) -> None:
+        """Appends ``{"step": step, **row}``; a dict value becomes TensorBoard scalars key/sub."""
         if not self.active:
             return
         with self.path.open("a") as f:
@@ -53,12 +54,21 @@ class MetricWriter:
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer."""
         if self._tb is not None:
             self._tb.close()
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keeps only rows with ``step <= max_step`` (all rows are dropped when max_step < 0)."""
+    r"""Keeps only rows with ``step <= max_step`` (all rows are dropped when max_step < 0).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> _ = path.write_text('{"step": 5}\n{"step": 10}\n')
+    >>> truncate_jsonl(path, 7)
+    >>> path.read_text()
+    '{"step": 5}\n'
+    """
     if not path.exists():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
@@ -67,7 +77,14 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 
 
 class Progress:
-    """A tqdm bar over steps; a no-op unless enabled and stderr is a TTY."""
+    """A tqdm bar over steps; a no-op unless enabled and stderr is a TTY.
+
+    Example:
+      >>> bar = Progress(enabled=False, total=100, initial=0)  # config.progress_bar=False
+      >>> bar.update(); bar.show({"train_loss": 0.5}); bar.close()  # all no-ops
+      >>> bar.bar is None
+      True
+    """
 
     def __init__(self, enabled: bool, total: int, initial: int):
         self.bar = None
@@ -77,10 +94,12 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, unit="step")
 
     def update(self, n: int = 1) -> None:
+        """Advances the bar by `n` steps."""
         if self.bar is not None:
             self.bar.update(n)
 
     def show(self, metrics: dict[str, float]) -> None:
+        """Shows loss, accuracy, sparsity and images/s of a metrics row next to the bar."""
         if self.bar is None:
             return
         short = {
@@ -92,6 +111,7 @@ class Progress:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in short.items() if v is not None})
 
     def close(self) -> None:
+        """Closes the bar (leaves the final line on the terminal)."""
         if self.bar is not None:
             self.bar.close()
 
@@ -106,7 +126,15 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """Human-readable end-of-run summary (the JSON file holds the full dict)."""
+    """Human-readable end-of-run summary (the JSON file holds the full dict).
+
+    >>> print(format_summary({"eval_accuracy": 0.9, "eval_loss": 0.3, "sparsity": 0.5,
+    ...     "steps": 44, "epochs": 2.0, "wall_clock_s": 3.0, "per_layer_sparsity": {"fc1": 0.5}}))
+    eval_accuracy 0.9000   eval_loss 0.3000
+    global sparsity 0.5000   steps 44   epochs 2.00   wall-clock 3.0 s
+    per-layer sparsity:
+      fc1                                              0.5000
+    """
     lines = [
         f"eval_accuracy {summary['eval_accuracy']:.4f}   eval_loss {summary['eval_loss']:.4f}",
         f"global sparsity {summary['sparsity']:.4f}   steps {summary['steps']}   "
@@ -121,6 +149,9 @@ LOGGER = logging.getLogger("progprune.train")
 
 
 def log(message: str, *args: Any) -> None:
-    """Logs (INFO) from process 0 only."""
+    """Logs (INFO, logger "progprune.train") from process 0 only.
+
+    >>> log("Training %s on %s", "lenet5", "fashion_mnist")
+    """
     if jax.process_index() == 0:
         LOGGER.info(message, *args)

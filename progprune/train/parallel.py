@@ -36,6 +36,12 @@ class Launcher(NamedTuple):
       train_step: compiled ``(state, images, labels) -> (state, metrics)``; donates `state`.
       eval_step: compiled ``(state, images, labels) -> metrics``.
       get_metrics: device metrics -> host floats.
+
+    Example:
+      >>> launcher = make_launcher("shard_map", train_step, eval_step, devices)  # doctest: +SKIP
+      >>> state = launcher.put_state(host_state)  # doctest: +SKIP
+      >>> state, m = launcher.train_step(state, images, labels)  # doctest: +SKIP
+      >>> launcher.get_metrics(m)["train_loss"]  # doctest: +SKIP
     """
 
     num_devices: int
@@ -77,7 +83,7 @@ def shard_map_launcher(train_step: Callable, eval_step: Callable, devices: Seque
     mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
     replicated = NamedSharding(mesh, P())
 
-    def put(x):
+    def put(x: np.ndarray) -> jax.Array:
         x = np.asarray(x)
         # make_array_from_callback works whether or not all devices belong to this process.
         return jax.make_array_from_callback(x.shape, replicated, lambda index: x[index])
@@ -114,13 +120,13 @@ def pmap_launcher(train_step: Callable, eval_step: Callable, devices: Sequence) 
     # The sharding pmap gives its own outputs: inputs that match it avoid a recompile at step 2.
     sharding = NamedSharding(jax.sharding.Mesh(np.array(local), (AXIS,)), P(AXIS))
 
-    def put(x):
+    def put(x: np.ndarray) -> jax.Array:
         # One copy per local device along a new leading axis (what pmap maps over).
         x = np.asarray(x)
         shape = (len(local), *x.shape)
         return jax.make_array_from_callback(shape, sharding, lambda index: x[None])
 
-    def first(tree):
+    def first(tree: PyTree) -> PyTree:
         return jax.tree.map(lambda x: np.asarray(x[0]), tree)
 
     return Launcher(
@@ -137,7 +143,12 @@ def pmap_launcher(train_step: Callable, eval_step: Callable, devices: Sequence) 
 def make_launcher(
     kind: str, train_step: Callable, eval_step: Callable, devices: Sequence
 ) -> Launcher:
-    """Plain lookup of the launcher named by ``config.parallel``."""
+    """Plain lookup of the launcher named by ``config.parallel``: "shard_map" or "pmap".
+
+    >>> step = lambda s, x, y: (s, {})
+    >>> make_launcher("pmap", step, lambda s, x, y: {}, jax.devices()[:1]).num_devices
+    1
+    """
     launchers = {"shard_map": shard_map_launcher, "pmap": pmap_launcher}
     if kind not in launchers:
         raise ValueError(f"config.parallel={kind!r}; use one of {sorted(launchers)}.")

@@ -22,6 +22,11 @@ class TrainState(NamedTuple):
       opt_state: optimizer state; holds the pruning masks (``progprune.get_masks``).
       rng: uint32[2] key. Never advanced: per-step randomness is ``fold_in(rng, step)``, which
         is what makes resume exact and independent of the device count.
+
+    Example:
+      >>> s = TrainState(jnp.int32(0), {"w": jnp.ones(2)}, {}, (), jax.random.PRNGKey(0))
+      >>> len(jax.tree.leaves(s))
+      3
     """
 
     step: jax.Array
@@ -41,7 +46,7 @@ def to_host(tree: PyTree) -> PyTree:
     array([1., 1.], dtype=float32)
     """
 
-    def local(x):
+    def local(x: Any) -> Any:
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return x.addressable_data(0)
         return x

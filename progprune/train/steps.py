@@ -29,7 +29,14 @@ Metrics = dict[str, jax.Array]
 
 
 class DataSpec(NamedTuple):
-    """Static facts about the device-resident data set that the steps close over."""
+    """Static facts about the device-resident data set that the steps close over.
+
+    Example:
+      >>> mean, std = data.stats("digits")
+      >>> spec = DataSpec(1437, batch_size=64, num_devices=8, mean=mean, std=std)
+      >>> spec.batch_size // spec.num_devices, spec.mean, spec.augment  # per-device batch
+      (8, (77.886,), False)
+    """
 
     num_examples: int
     batch_size: int  # global (train) or global eval batch
@@ -51,7 +58,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def local_batch(
     images: jax.Array, labels: jax.Array, step: jax.Array, rng: jax.Array, seed: int, spec: DataSpec
 ) -> tuple[jax.Array, jax.Array]:
-    """This device's preprocessed slice of the global batch of `step`."""
+    """This device's preprocessed slice of the global batch of `step`.
+
+    Must run inside a mapped axis named ``AXIS`` (it reads the device's index).
+
+    Example:
+      >>> spec = DataSpec(10, 4, 2, (0.0,), (1.0,))
+      >>> images, labels = jnp.zeros((10, 2, 2, 1), jnp.uint8), jnp.arange(10)
+      >>> f = lambda step: local_batch(images, labels, step, jax.random.key(0), 0, spec)[1]
+      >>> jax.vmap(f, axis_name=AXIS, axis_size=2)(jnp.zeros(2, jnp.int32)).shape
+      (2, 2)
+    """
     per_device = spec.batch_size // spec.num_devices
     idx = data.batch_indices(seed, step, spec.num_examples, spec.batch_size)
     start = lax.axis_index(AXIS) * per_device
@@ -74,9 +91,17 @@ def make_loss_fn(model: nn.Module, batch_stats: PyTree, train: bool = True) -> C
     """``loss_fn(params, (x, y)) -> scalar``, the mean cross-entropy (for SNIP/GraSP scoring).
 
     BatchNorm runs in train mode on the batch; its updated statistics are discarded.
+
+    Example:
+      >>> from progprune import models
+      >>> model = models.TinyMLP()
+      >>> x, y = jnp.zeros((2, 8, 8, 1)), jnp.array([0, 1])
+      >>> params = model.init(jax.random.key(0), x, train=False)["params"]
+      >>> round(float(make_loss_fn(model, {})(params, (x, y))), 4)  # zero input: uniform logits
+      2.3026
     """
 
-    def loss_fn(params, batch):
+    def loss_fn(params: PyTree, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
         x, y = batch
         variables = {"params": params, "batch_stats": batch_stats}
         if train and batch_stats:
@@ -95,9 +120,16 @@ def make_train_step(
 
     ``images``/``labels`` are the whole uint8 training split on this device. Metrics (loss,
     accuracy, gradient norm) are already averaged over all devices.
+
+    Example (the launcher maps the step over ``AXIS`` and compiles it):
+      >>> train_step = make_train_step(model, tx, seed=0, spec=spec)  # doctest: +SKIP
+      >>> launcher = shard_map_launcher(train_step, eval_step, jax.devices())  # doctest: +SKIP
+      >>> state, metrics = launcher.train_step(state, images, labels)  # doctest: +SKIP
     """
 
-    def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    def train_step(
+        state: TrainState, images: jax.Array, labels: jax.Array
+    ) -> tuple[TrainState, Metrics]:
         x, y = local_batch(images, labels, state.step, state.rng, seed, spec)
 
         def loss_fn(params):
@@ -135,6 +167,11 @@ def make_eval_step(
 
     The split is walked in fixed global batches inside one compiled loop; the last batch is
     padded and the padding weighted 0, so every example counts exactly once.
+
+    Example (mapped and compiled by a launcher, like the train step):
+      >>> eval_step = make_eval_step(model, DataSpec(10_000, 1000, 8, mean, std))  # doctest: +SKIP
+      >>> launcher.get_metrics(launcher.eval_step(state, images, labels))  # doctest: +SKIP
+      {'eval_loss': ..., 'eval_accuracy': ...}
     """
     per_device = spec.batch_size // spec.num_devices
     num_batches = math.ceil(spec.num_examples / spec.batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -70,6 +71,7 @@ CHOICES = {
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -79,12 +81,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _fail(key: str, value, why: str, fix: str) -> ValueError:
+def _fail(key: str, value: Any, why: str, fix: str) -> ValueError:
     return ValueError(f"config.{key}={value!r} is invalid: {why}. Fix: {fix}")
 
 
 def check_schema(flat: dict) -> None:
-    """Unknown keys, missing keys and wrong types."""
+    """Unknown keys, missing keys and wrong types, given the flattened (dotted-key) config.
+
+    >>> check_schema({"modle": "lenet5"})
+    Traceback (most recent call last):
+    ValueError: unknown config key(s) config.modle; start from configs/default.py and check ...
+    """
     unknown = sorted(set(flat) - set(SCHEMA))
     if unknown:
         raise ValueError(
@@ -103,7 +110,15 @@ def check_schema(flat: dict) -> None:
 
 
 def check_values(flat: dict, num_devices: int) -> None:
-    """Ranges, choices and divisibility."""
+    """Ranges, choices and divisibility, given a flattened config that passed `check_schema`.
+
+    Example:
+      >>> from configs import tiny
+      >>> flat = _flatten(tiny.get_config().to_dict())
+      >>> check_values(flat, num_devices=3)
+      Traceback (most recent call last):
+      ValueError: config.batch_size=64 is invalid: not divisible by the 3 devices in use. Fix: ...
+    """
     from progprune import data, models
     from progprune.methods import METHODS
 
@@ -135,7 +150,12 @@ def check_values(flat: dict, num_devices: int) -> None:
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
-    """Creates `workdir` if needed and proves it writable, or raises ValueError."""
+    """Creates `workdir` if needed and proves it writable, or raises ValueError.
+
+    >>> check_workdir("/proc/no_such_dir")
+    Traceback (most recent call last):
+    ValueError: workdir '/proc/no_such_dir' is not writable (...); pass a --workdir you can ...
+    """
     path = Path(workdir).absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -149,10 +169,19 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
     return path
 
 
-def validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, num_devices: int):
+def validate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, num_devices: int
+) -> Path:
     """All pre-flight checks; raises ValueError naming the key and a fix.
 
-    >>> validate(get_config(), "/tmp/w", num_devices=1)  # doctest: +SKIP
+    Returns:
+      The absolute workdir, created and shown to be writable.
+
+    Example:
+      >>> import tempfile
+      >>> from configs import tiny
+      >>> validate(tiny.get_config(), tempfile.mkdtemp(), num_devices=1).is_absolute()
+      True
     """
     flat = _flatten(config.to_dict())
     check_schema(flat)
