@@ -57,6 +57,28 @@ def _progress(step: ArrayLike, begin_step: int, end_step: int) -> jax.Array:
     return jnp.clip(t, 0.0, 1.0)
 
 
+def _ramp(
+    final_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    initial_sparsity: float,
+    shape: Callable[[jax.Array], jax.Array],
+) -> Schedule:
+    """``initial + (final - initial) * shape(progress)``, after validating every argument."""
+    final = check_sparsity(final_sparsity, "final_sparsity")
+    initial = check_sparsity(initial_sparsity, "initial_sparsity")
+    begin_step, end_step = _check_steps(begin_step, end_step)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        done = shape(_progress(step, begin_step, end_step))
+        value = jnp.float32(initial) + jnp.float32(final - initial) * done
+        # Exactly `final` once the ramp is over: initial + (final - initial) can be off an ulp,
+        # and round(sparsity * N) must hit the target count.
+        return jnp.where(done >= 1.0, jnp.float32(final), value)
+
+    return schedule
+
+
 def linear_schedule(
     final_sparsity: float, begin_step: int, end_step: int, *, initial_sparsity: float = 0.0
 ) -> Schedule:
@@ -76,16 +98,7 @@ def linear_schedule(
       >>> round(float(schedule(50)), 4)
       0.45
     """
-    final = check_sparsity(final_sparsity, "final_sparsity")
-    initial = check_sparsity(initial_sparsity, "initial_sparsity")
-    begin_step, end_step = _check_steps(begin_step, end_step)
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        return jnp.float32(initial) + jnp.float32(final - initial) * _progress(
-            step, begin_step, end_step
-        )
-
-    return schedule
+    return _ramp(final_sparsity, begin_step, end_step, initial_sparsity, lambda t: t)
 
 
 def polynomial_schedule(
@@ -113,17 +126,12 @@ def polynomial_schedule(
       >>> round(float(schedule(50)), 4)
       0.7
     """
-    final = check_sparsity(final_sparsity, "final_sparsity")
-    initial = check_sparsity(initial_sparsity, "initial_sparsity")
-    begin_step, end_step = _check_steps(begin_step, end_step)
     if not power > 0:
         raise ValueError(f"power must be positive, got {power}.")
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        remaining = (1.0 - _progress(step, begin_step, end_step)) ** power
-        return jnp.float32(final) + jnp.float32(initial - final) * remaining
-
-    return schedule
+    # f + (i - f)(1 - t)^p  ==  i + (f - i)(1 - (1 - t)^p)
+    return _ramp(
+        final_sparsity, begin_step, end_step, initial_sparsity, lambda t: 1.0 - (1.0 - t) ** power
+    )
 
 
 def cosine_schedule(
@@ -145,17 +153,13 @@ def cosine_schedule(
       >>> round(float(schedule(5)), 4)
       0.25
     """
-    final = check_sparsity(final_sparsity, "final_sparsity")
-    initial = check_sparsity(initial_sparsity, "initial_sparsity")
-    begin_step, end_step = _check_steps(begin_step, end_step)
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        t = _progress(step, begin_step, end_step)
-        return jnp.float32(initial) + jnp.float32(final - initial) * 0.5 * (
-            1.0 - jnp.cos(jnp.pi * t)
-        )
-
-    return schedule
+    return _ramp(
+        final_sparsity,
+        begin_step,
+        end_step,
+        initial_sparsity,
+        lambda t: 0.5 * (1.0 - jnp.cos(jnp.pi * t)),
+    )
 
 
 def one_shot_schedule(sparsity: float, step: int) -> Schedule:
