@@ -182,6 +182,84 @@ def _bracket(key_of: KeyFn, num_leaves: int, k: jax.Array, n: int) -> tuple[jax.
     return jnp.where(ok, low, full[0]), jnp.where(ok, high, full[1])
 
 
+def _padded_rows(x: jax.Array) -> jax.Array:
+    """A leaf as [rows, _ROW], its last row filled up with the never-selected key."""
+    flat = x.reshape(-1)
+    pad = -flat.size % _ROW
+    if pad:
+        flat = jnp.concatenate([flat, jnp.full((pad,), _PAD_KEY, flat.dtype)])
+    return flat.reshape(-1, _ROW)
+
+
+class _RowLayout(NamedTuple):
+    """Static row bookkeeping: every leaf split into rows of _ROW entries."""
+
+    leaf_of_row: np.ndarray  # leaf index of each row
+    first_row: np.ndarray  # first row of each leaf
+    row_start: np.ndarray  # flattened position (over all leaves) of each row's first entry
+
+    @classmethod
+    def of(cls, sizes: Sequence[int]) -> _RowLayout:
+        rows = [-(-n // _ROW) for n in sizes]
+        offsets = np.cumsum([0, *sizes])[:-1]
+        first_row = np.cumsum([0, *rows])[:-1]
+        leaf_of_row = np.repeat(np.arange(len(sizes)), rows)
+        within = np.arange(leaf_of_row.size) - first_row[leaf_of_row]
+        return cls(leaf_of_row, first_row, offsets[leaf_of_row] + within * _ROW)
+
+
+def _last_tie_position(
+    keys: Sequence[jax.Array], threshold: jax.Array, wanted: jax.Array, seg: _Segments
+) -> jax.Array:
+    """Per segment, the flattened position of the ``wanted``-th key equal to its threshold.
+
+    One pass counts the ties of every row; a cumulative sum over rows (tens of thousands, not
+    millions of entries) finds the row holding the wanted tie, and that row alone is searched.
+    Random float32 weights tie at the threshold more often than not (a ResNet-18 has ~3 ties),
+    so this runs at every update.
+    """
+    layout = _RowLayout.of([int(x.size) for x in keys])
+    rows = [_padded_rows(x) for x in keys]
+    per_row = jnp.concatenate(
+        [
+            jnp.sum((r == seg.leaf(threshold, i)).astype(jnp.uint8), axis=1, dtype=jnp.uint8)
+            for i, r in enumerate(rows)
+        ]
+    ).astype(jnp.int32)
+    # Segments are whole leaves in order (one for "global", one per leaf otherwise).
+    seg_of_row = seg.of_leaf[layout.leaf_of_row]
+    first_row_of_seg = np.searchsorted(seg_of_row, np.arange(seg.count))
+    inclusive = jnp.cumsum(per_row)
+    within_seg = inclusive - (inclusive - per_row)[first_row_of_seg][seg_of_row]
+    hit = within_seg >= jnp.maximum(wanted, 1)[seg_of_row]
+    last = []
+    for s in range(seg.count):
+        lo = int(first_row_of_seg[s])
+        hi = int(first_row_of_seg[s + 1]) if s + 1 < seg.count else per_row.size
+        if hi == lo:  # a segment of empty leaves selects nothing
+            last.append(jnp.uint32(0))
+            continue
+        row = lo + jnp.argmax(hit[lo:hi])
+        need = jnp.maximum(wanted[s], 1) - (within_seg[row] - per_row[row])
+        leaves = [i for i in range(len(keys)) if seg.of_leaf[i] == s and rows[i].shape[0]]
+        # Fetch that row's keys: the row of each candidate leaf, then the one it belongs to.
+        candidates = jnp.stack(
+            [
+                lax.dynamic_index_in_dim(
+                    rows[i], jnp.clip(row - layout.first_row[i], 0, rows[i].shape[0] - 1), 0, False
+                )
+                for i in leaves
+            ]
+        )
+        slot = np.zeros(len(keys), np.int32)
+        slot[leaves] = np.arange(len(leaves))
+        which = jnp.asarray(slot)[jnp.asarray(layout.leaf_of_row)[row]]
+        equal = candidates[which] == threshold[s]
+        column = jnp.argmax(jnp.cumsum(equal.astype(jnp.int32)) >= need)
+        last.append(jnp.asarray(layout.row_start, jnp.uint32)[row] + column.astype(jnp.uint32))
+    return jnp.stack(last)
+
+
 def select_smallest(
     keys: Sequence[jax.Array], k: jax.Array, leaf_segment: Sequence[int]
 ) -> list[jax.Array]:
@@ -189,10 +267,10 @@ def select_smallest(
 
     Args:
       keys: uint32 arrays (any shape, no entry equal to 0xFFFFFFFF); leaf order, then row-major
-        order, is the tie order. Elementwise expressions are best: they are fused into every
-        counting pass instead of being stored.
+        order, is the tie order.
       k: int32 [num_segments], how many to select in each segment (at most its size).
-      leaf_segment: for each leaf, the index of its segment.
+      leaf_segment: for each leaf, its segment; segments are runs of consecutive leaves
+        numbered 0, 1, ... in order.
 
     Returns:
       Boolean arrays shaped like ``keys``, True where selected.
@@ -201,6 +279,8 @@ def select_smallest(
     if num == 0:
         return []
     seg = _Segments(np.asarray(leaf_segment, np.int32), int(k.shape[0]))
+    if np.any(np.diff(seg.of_leaf) < 0) or np.any(np.diff(seg.of_leaf) > 1):
+        raise ValueError(f"segments must be consecutive runs of leaves, got {leaf_segment}.")
     k = jnp.maximum(k.astype(jnp.int32), 0)
     k1 = jnp.maximum(k, 1)  # k == 0 selects nothing: `take` below is then False
 
@@ -215,25 +295,11 @@ def select_smallest(
     threshold = _bisect(key_of, num, seg, k1, low, high)
     t = [seg.leaf(threshold, i) for i in range(num)]
     wanted = k - seg.total([_count(keys[i] < t[i]) for i in range(num)])  # ties to take
-    ties = seg.total([_count(keys[i] == t[i]) for i in range(num)])
-    offsets = np.cumsum([0] + [int(x.size) for x in keys])
-
-    def position(i):
-        return jnp.uint32(offsets[i]) + lax.iota(jnp.uint32, keys[i].size).reshape(keys[i].shape)
-
-    def last_tie():  # per segment, the position of the last tie to take
-        def tie_key(i):
-            return jnp.where(keys[i] == t[i], position(i), _PAD_KEY)
-
-        start = jnp.zeros((seg.count,), jnp.uint32)
-        end = jnp.full((seg.count,), offsets[-1], jnp.uint32)
-        return _bisect(tie_key, num, seg, jnp.maximum(wanted, 1), start, end)
-
-    every_tie = jnp.full((seg.count,), _PAD_KEY, jnp.uint32)
-    last = lax.cond(jnp.all(ties == wanted), lambda: every_tie, last_tie)
-    out = []
-    for i in range(num):
+    last = _last_tie_position(keys, threshold, wanted, seg)
+    out, offset = [], 0
+    for i, key in enumerate(keys):
+        position = jnp.uint32(offset) + lax.iota(jnp.uint32, key.size).reshape(key.shape)
         take = seg.leaf(wanted, i) > 0
-        tie_taken = (keys[i] == t[i]) & take & (position(i) <= seg.leaf(last, i))
-        out.append((keys[i] < t[i]) | tie_taken)
+        out.append((key < t[i]) | ((key == t[i]) & take & (position <= seg.leaf(last, i))))
+        offset += int(key.size)
     return out
