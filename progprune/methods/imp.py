@@ -98,14 +98,20 @@ def imp_next_masks(
 
 
 def save_masks(path: str, masks: PyTree) -> None:
-    """Write a mask pytree to ``.npz``, one array per leaf keyed by its ``/``-joined path."""
+    """Write a mask pytree to ``.npz``, one array per leaf keyed by its ``/``-joined path.
+
+    >>> save_masks("/tmp/imp/masks/round_1.npz", masks)  # doctest: +SKIP
+    """
     flat = jax.tree_util.tree_flatten_with_path(masks)[0]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez_compressed(path, **{path_str(p): np.asarray(m, bool) for p, m in flat})
 
 
 def load_masks(path: str, like: PyTree) -> PyTree:
-    """Read masks written by ``save_masks`` into the structure of ``like`` (e.g. the params)."""
+    """Read masks written by ``save_masks`` into the structure of ``like`` (e.g. the params).
+
+    >>> masks = load_masks("/tmp/imp/masks/round_1.npz", params)  # doctest: +SKIP
+    """
     with np.load(path) as data:
         flat, treedef = jax.tree_util.tree_flatten_with_path(like)
         return jax.tree.unflatten(treedef, [jnp.asarray(data[path_str(p)]) for p, _ in flat])
@@ -145,10 +151,13 @@ def _write_json(path: str, obj: Any) -> None:
 def _round_config(config: ml_collections.ConfigDict, sparsity: float) -> ml_collections.ConfigDict:
     """One round's trainer config. Every round runs as ``dense``: the trainer keeps
     ``initial_masks`` fixed for any unscheduled method, so rounds ``k >= 1`` train with the mask
-    the chain gives them (and ``method="imp"`` would start a chain again)."""
+    the chain gives them (and ``method="imp"`` would start a chain again). Only round 0 needs
+    to save rewind params."""
     config = config.copy_and_resolve_references()
     config.pruning.method = "dense"
     config.pruning.sparsity = sparsity
+    if sparsity > 0.0:
+        config.pruning.rewind_step = 0
     return config
 
 

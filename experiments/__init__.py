@@ -1,0 +1,1 @@
+"""Runnable experiments over progprune: sweep definitions, a sweep runner, an aggregator."""
