@@ -353,3 +353,25 @@ def test_imp_chain_on_the_tiny_config_reaches_each_target_exactly(tmp_path):
         not np.any(np.asarray(b) & ~np.asarray(a))
         for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2), strict=True)
     )
+
+
+@pytest.mark.parametrize("method", ["progressive", "gmp"])
+@pytest.mark.parametrize(
+    ("total_steps", "end_fraction", "expected_end"),
+    [(468, 0.6, 234), (4680, 0.75, 3510), (1000, 0.5, 500), (1000, 0.55, 600)],
+)
+def test_ramp_ends_on_a_mask_update_step_within_the_run(
+    method, total_steps, end_fraction, expected_end
+):
+    # Masks change only every `update_every` steps; a ramp ending between two of them, or
+    # after the last one, would leave the run short of its target sparsity.
+    from configs.default import get_pruning_config
+    from progprune.methods import pruning_setup
+
+    pruning = get_pruning_config()
+    pruning.method, pruning.sparsity, pruning.end_fraction = method, 0.9, end_fraction
+    pruning.update_every = 234 if total_steps in (468, 4680) else 100
+    setup = pruning_setup(pruning, total_steps, steps_per_epoch=468)
+    assert float(setup.schedule(expected_end)) == pytest.approx(0.9)
+    assert float(setup.schedule(expected_end - 1)) < 0.9
+    assert expected_end % setup.update_every == 0 and expected_end < total_steps

@@ -64,7 +64,11 @@ def pruning_setup(
     _check_method(pruning.method)
     update_every = pruning.update_every or max(1, steps_per_epoch // 2)
     begin = round(pruning.begin_fraction * total_steps)
-    end = max(begin + 1, round(pruning.end_fraction * total_steps))
+    # Masks change only on multiples of update_every, so the ramp ends on one: the next at or
+    # after end_fraction, but never past the last one of the run, so the target is reached.
+    last_update = (total_steps - 1) // update_every * update_every
+    end = -(-round(pruning.end_fraction * total_steps) // update_every) * update_every
+    end = max(begin + 1, min(end, last_update))
     if pruning.method == "progressive":
         schedule = progprune.linear_schedule(pruning.sparsity, begin_step=begin, end_step=end)
     elif pruning.method == "gmp":
