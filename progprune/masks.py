@@ -65,13 +65,10 @@ def _prune(
     counts = layer_counts(sizes, shapes, sparsity, distribution)
     segment = [0] * len(picked) if distribution == "global" else list(range(len(picked)))
     if masks is not None:
-        # Masks only shrink: never prune fewer than are pruned already (key 0 marks them).
+        # Masks only shrink: never prune fewer than are pruned already.
         pruned = [jnp.sum(~old[i], dtype=jnp.int32) for i in picked]
-        already = (
-            jnp.zeros_like(counts).at[jnp.asarray(segment, jnp.int32)].add(jnp.stack(pruned))
-            if pruned
-            else counts
-        )
+        per_leaf = jnp.stack(pruned) if pruned else jnp.zeros((0,), jnp.int32)
+        already = jnp.sum(per_leaf)[None] if distribution == "global" else per_leaf
         counts = jnp.maximum(counts, already)
     selected = select_smallest(keys, counts, segment)
     new = [

@@ -3,10 +3,10 @@
 A full sort of every weight (``jnp.sort``/``argsort``/``lax.top_k``) costs seconds per mask update
 on a CPU for a ResNet-18. Instead the scores are mapped to ``uint32`` keys whose integer order is
 the float order, and the k-th smallest key is found by bisection on the keys: each step is one
-compare-and-count pass over the leaves, with the keys recomputed inside the pass (no copy of the
-weights is ever materialised). A strided sample brackets the threshold first, so a ResNet-18
-needs about 20 passes instead of 32. Ties at the threshold are broken by position (earlier
-flattened position first) with a second bisection over positions, run only when needed.
+compare-and-count pass over the leaves (no concatenated copy of the weights is made). A strided
+sample brackets the threshold first, so a ResNet-18 needs about 20 passes instead of 32. Ties at
+the threshold are broken by position (earlier flattened position first): one pass counts the
+ties per row, and only the row holding the last tie to take is searched.
 
 Segments let one pass serve several independent selections (one per layer for the ``uniform`` and
 ``erk`` distributions): every leaf belongs to one segment and each segment has its own ``k``.
@@ -24,8 +24,8 @@ from jax import lax
 
 __all__ = ["order_keys", "round_fraction", "select_smallest"]
 
-# Row width of the packed buffer. Counts are first summed along rows in uint8, which XLA
-# vectorises well on CPU; 128 keeps a row's count below 256.
+# Leaves are counted as rows of _ROW entries: counts are first summed along rows in uint8,
+# which XLA vectorises well on CPU; 128 keeps a row's count below 256.
 _ROW = 128
 _PAD_KEY = np.uint32(0xFFFFFFFF)
 # Rows (of _ROW entries) sampled to bracket the threshold before the full-size bisection.
