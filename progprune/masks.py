@@ -64,13 +64,8 @@ def _prune(
     shapes = [tuple(leaves[i].shape) for i in picked]
     counts = layer_counts(sizes, shapes, sparsity, distribution)
     segment = [0] * len(picked) if distribution == "global" else list(range(len(picked)))
-    if masks is not None:
-        # Masks only shrink: never prune fewer than are pruned already.
-        pruned = [jnp.sum(~old[i], dtype=jnp.int32) for i in picked]
-        per_leaf = jnp.stack(pruned) if pruned else jnp.zeros((0,), jnp.int32)
-        already = jnp.sum(per_leaf)[None] if distribution == "global" else per_leaf
-        counts = jnp.maximum(counts, already)
-    selected = select_smallest(keys, counts, segment)
+    # Masks only shrink: inactive entries have key 0, and all of them stay selected.
+    selected = select_smallest(keys, counts, segment, all_zero_keys=masks is not None)
     new = [
         jnp.ones(jnp.shape(leaf), bool) if o is None else o
         for leaf, o in zip(leaves, old, strict=True)
