@@ -263,6 +263,26 @@ def test_masks_recomputed_only_on_update_steps_from_pre_update_params():
     assert n_pruned(state.masks) == round(float(schedule(9)) * N_PRUNABLE)
 
 
+def test_fixed_masks_updated_outside_the_step_equal_the_scheduled_wrapper():
+    # The pattern the README offers for the cheapest steps: masked(inner, None), with the masks
+    # recomputed by a separately jitted mask_updater and set_masks on the update steps.
+    schedule = progprune.linear_schedule(0.6, begin_step=3, end_step=9)
+    scheduled = progprune.masked(optax.sgd(0.1, momentum=0.5), schedule, update_every=3)
+    fixed = progprune.masked(optax.sgd(0.1, momentum=0.5), None)
+    updater = jax.jit(progprune.mask_updater(schedule))
+    step_a, step_b = make_step(scheduled), make_step(fixed)
+    params_a = params_b = init_params()
+    state_a, state_b = scheduled.init(params_a), fixed.init(params_b)
+    for c, (x, y) in enumerate(batches(15)):
+        if c % 3 == 0 and 3 <= c <= 9:
+            masks = updater(params_b, c, masks=progprune.get_masks(state_b))
+            state_b = progprune.set_masks(state_b, masks)
+        params_a, state_a = step_a(params_a, state_a, x, y)
+        params_b, state_b = step_b(params_b, state_b, x, y)
+        assert_trees_equal(state_a.masks, state_b.masks)
+        assert_trees_equal(params_a, params_b)
+
+
 def test_masks_follow_schedule_at_last_grid_step_with_off_grid_begin_and_end():
     # After the call at count c, exactly round(s(g) * N) weights are pruned, g the last multiple
     # of update_every <= c: the initial sparsity applies from count 0, and the final sparsity is
