@@ -384,6 +384,8 @@ def select_smallest(
     seg = _Segments(np.asarray(leaf_segment, np.int32), int(k.shape[0]))
     if np.any(np.diff(seg.of_leaf) < 0) or np.any(np.diff(seg.of_leaf) > 1):
         raise ValueError(f"segments must be consecutive runs of leaves, got {leaf_segment}.")
+    if all(x.size == 0 for x in keys):
+        return [jnp.zeros(x.shape, bool) for x in keys]
     k = jnp.maximum(k.astype(jnp.int32), 0)
 
     def key_of(i):

@@ -238,6 +238,14 @@ def test_any_pytree_mixed_dtypes_zero_size_and_int_leaves(wrap, distribution):
     _assert_masks_equal(update(params, 0.4, distribution=distribution), expected, params)
 
 
+def test_only_empty_prunable_leaves_select_nothing():
+    tree = {"w": jnp.zeros((0, 3)), "b": jnp.ones(4)}
+    for distribution in ("global", "uniform", "erk"):
+        masks = prune(tree, 0.5, distribution=distribution)
+        assert masks["w"].shape == (0, 3) and masks["w"].dtype == jnp.bool_
+        assert bool(jnp.all(masks["b"]))
+
+
 def test_nnx_model_state():
     class Model(nnx.Module):
         def __init__(self, rngs):
