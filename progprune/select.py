@@ -183,10 +183,17 @@ def _bisect(
         counts = seg.total(
             [jnp.sum(_row_counts(key_of(i) < seg.leaf(mid, i))) for i in range(num_leaves)]
         )
-        below, open_ = counts < k, high - low > 1
-        return jnp.where(open_ & below, mid, low), jnp.where(open_ & ~below, mid, high)
+        return _halve(low, high, mid, counts < k, high - low > 1)
 
     return lax.while_loop(cond, body, (low, high))[0]
+
+
+def _halve(
+    low: jax.Array, high: jax.Array, mid: jax.Array, below: jax.Array, open_: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One bisection step where ``open_``: ``mid`` becomes ``low`` if fewer than k keys are below
+    it (``below``), else ``high``."""
+    return jnp.where(open_ & below, mid, low), jnp.where(open_ & ~below, mid, high)
 
 
 def _bracket(
@@ -282,9 +289,7 @@ def _threshold(
         failed = (s.phase == _OVER) & ((s.under >= k1) | (counts < k1))
         low = jnp.where(failed, full_low, s.low)
         high = jnp.where(failed, full_high, s.high)
-        bisecting = (s.phase == _BISECT) & (high - low > 1)
-        low = jnp.where(bisecting & (counts < k1), mid, low)
-        high = jnp.where(bisecting & (counts >= k1), mid, high)
+        low, high = _halve(low, high, mid, counts < k1, (s.phase == _BISECT) & (high - low > 1))
         phase = jnp.select(
             [s.phase == _ZEROS, s.phase == _BISECT],
             [jnp.int32(after_zeros), jnp.where(jnp.any(high - low > 1), _BISECT, _FINAL)],

@@ -533,13 +533,11 @@ def _big_tree(kind: str, seed: int) -> dict:
         (2, "normal", "global", 0.7, True),
         (3, "misleading_sample", "global", 0.6, False),
         (4, "ties", "uniform", 0.8, True),
-        (5, "ties", "erk", 0.8, False),
     ],
 )
 def test_multi_row_leaves_match_numpy_reference(seed, kind, distribution, sparsity, old_masks):
     tree = _big_tree(kind, seed)
     leaves = _np_leaves(tree)
-    flags = [x.ndim >= 2 for x in leaves]
     old = None
     if old_masks:
         rng = np.random.default_rng(1)
@@ -547,32 +545,32 @@ def test_multi_row_leaves_match_numpy_reference(seed, kind, distribution, sparsi
             k: jnp.asarray(rng.random(v.shape) > 0.3) if v.ndim >= 2 else jnp.ones(v.shape, bool)
             for k, v in tree.items()
         }
-    scores = jax.tree.map(jnp.abs, tree)
-    got = prune(scores, sparsity, masks=old, distribution=distribution)
-    if distribution == "erk":
-        # The reference ranks per layer; ERK only changes each layer's count, taken from the
-        # result and checked to be what erk_densities asks for.
-        densities = progprune.erk_densities(tree, sparsity)
-        for (path, leaf), mask in zip(
-            jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(got), strict=True
-        ):
-            name = jax.tree_util.keystr(path)[2:-2]
-            if leaf.ndim >= 2:
-                expected_pruned = round(float(F32(1.0 - densities[name])) * leaf.size)
-                assert int(np.sum(~np.asarray(mask))) == expected_pruned
-                expected = reference_masks(
-                    [np.asarray(scores[name])], expected_pruned / leaf.size, [True]
-                )[0]
-                np.testing.assert_array_equal(np.asarray(mask), expected)
-        return
+    got = prune(jax.tree.map(jnp.abs, tree), sparsity, masks=old, distribution=distribution)
     expected = reference_masks(
         [np.abs(x) for x in leaves],
         sparsity,
-        flags,
+        [x.ndim >= 2 for x in leaves],
         old=None if old is None else jax.tree.leaves(old),
         distribution=distribution,
     )
     _assert_masks_equal(got, expected, tree)
+
+
+def test_multi_row_leaves_erk_prunes_each_layer_as_its_density_asks():
+    # The reference ranks per layer; ERK only sets each layer's count, from erk_densities.
+    tree, sparsity = _big_tree("ties", 5), 0.8
+    scores = jax.tree.map(jnp.abs, tree)
+    got = prune(scores, sparsity, distribution="erk")
+    densities = progprune.erk_densities(tree, sparsity)
+    for name, leaf in tree.items():
+        mask = np.asarray(got[name])
+        if leaf.ndim < 2:
+            assert mask.all()
+            continue
+        pruned = round(float(F32(1.0 - densities[name])) * leaf.size)
+        assert int(np.sum(~mask)) == pruned
+        expected = reference_masks([np.asarray(scores[name])], pruned / leaf.size, [True])[0]
+        np.testing.assert_array_equal(mask, expected)
 
 
 def test_misleading_sample_makes_the_bracket_fail():
