@@ -90,7 +90,7 @@ def grasp_masks(
       loss_fn: ``loss_fn(params, batch) -> scalar``.
       params: parameters at initialisation.
       batches: batches for ``g`` and ``H g``.
-      sparsity: share of prunable weights to remove, in [0, 1].
+      sparsity: share of prunable weights to remove, in [0, 1).
       prunable: which leaves may be pruned (see ``progprune.prunable_mask``).
 
     Returns:

@@ -88,7 +88,7 @@ def random_masks(
     Args:
       rng: a PRNG key.
       params: the parameter pytree (only shapes and which leaves are prunable matter).
-      sparsity: share of prunable weights to remove, in [0, 1].
+      sparsity: share of prunable weights to remove, in [0, 1).
       distribution: ``"erk"`` or ``"uniform"``.
       prunable: which leaves may be pruned (see ``progprune.prunable_mask``).
 

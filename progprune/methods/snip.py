@@ -73,7 +73,7 @@ def snip_masks(
       loss_fn: ``loss_fn(params, batch) -> scalar`` (the training loss, e.g. cross-entropy).
       params: parameters at initialisation.
       batches: batches to take the gradient on (SNIP uses one; more lower its variance).
-      sparsity: share of prunable weights to remove, in [0, 1].
+      sparsity: share of prunable weights to remove, in [0, 1).
       prunable: which leaves may be pruned (see ``progprune.prunable_mask``).
 
     Returns:
