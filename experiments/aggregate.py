@@ -259,7 +259,8 @@ def _invocations(sweep_dir: str) -> list[str]:
         lines += [
             f"- `{inv['command']}` — started {inv['started']}, last run finished "
             f"{inv.get('finished', '?')}, {inv.get('trained', 0)} run(s) trained, "
-            f"failed: {inv.get('failed') or 'none'}",
+            f"failed: {inv.get('failed') or 'none'}; code at commit "
+            f"`{inv.get('commit', 'not recorded')}`",
             f"  - host {m['host']}, {m['cpu_count']} CPU(s), Python {m['python']}, "
             f"JAX {m['jax']}, devices {', '.join(m['devices'])}",
             *(f"  - `{line}`" for line in m["lscpu"]),

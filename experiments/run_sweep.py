@@ -31,7 +31,7 @@ from absl import logging as absl_logging
 
 from experiments import sweeps
 
-RUNNER_KEYS = ("config", "imp_chain", "label")  # read here, not config fields
+RUNNER_KEYS = ("config", "imp_chain", "label", "tag")  # read here, not config fields
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -75,6 +75,24 @@ def execute(run: sweeps.Run, workdir: str) -> dict[str, Any]:
     if run["pruning.method"] == "imp":
         return run_imp(config, workdir, sparsities=run.get("imp_chain") or None)
     return train_and_evaluate(config, workdir)
+
+
+def code_version() -> str:
+    """The git commit this checkout runs (``+dirty`` with uncommitted changes), or "unknown".
+
+    >>> len(code_version()) >= 7
+    True
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        run = lambda *a: subprocess.run(
+            ["git", *a], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -121,6 +139,7 @@ def run_sweep(name: str, root: str, only: list[str], max_runs: int = 0) -> list[
     record = {
         "command": " ".join([os.path.basename(sys.executable), "-m", __spec__.name, *sys.argv[1:]]),
         "started": now(),
+        "commit": code_version(),
         "machine": machine(),
     }
     _log_invocation(sweep_dir, record)

@@ -8,7 +8,9 @@ plus keys read by ``experiments/run_sweep.py`` and ``aggregate.py``, not by the 
   through every sparsity of the sweep (``progprune.methods.imp.run_imp``), so IMP is run once per
   seed, not once per target; its round ``k`` is the IMP result at the ``k``-th sparsity and cost
   ``k + 1`` trainings;
-* ``"label"`` (optional): the name a variant of a method gets in the result tables.
+* ``"label"`` (optional): the name a variant of a method gets in the result tables;
+* ``"tag"`` (optional): appended to the run's directory name, for sweeps that vary a setting
+  (e.g. the training length) that the name would not otherwise show.
 
 ``SWEEPS`` maps a sweep name to its runs. ``python -m experiments.run_sweep --sweep=NAME`` runs one.
 """
@@ -133,6 +135,49 @@ def progressive_schedules(seeds: tuple[int, ...] = (0, 1, 2)) -> list[Run]:
     ]
 
 
+EQUAL_COST_LENGTHS = (10.0, 20.0, 40.0, 70.0)  # 70 epochs = IMP's chain to 99% at 10 per round
+EQUAL_COST_SPARSITIES = (0.9, 0.95, 0.98, 0.99)
+# The best progressive settings of the schedule ablation (fmnist_lenet300_cpu_schedules.md).
+ABLATION_BEST: Run = {
+    "label": "progressive-end0.5-every20",
+    "pruning.end_fraction": 0.5,
+    "pruning.update_every": 20,
+}
+
+
+def _tagged(runs: list[Run], tag: str) -> list[Run]:
+    return [{**r, "tag": tag} for r in runs]
+
+
+def _imp_chain(base: Run, sparsities: tuple[float, ...], epochs: float, seeds) -> list[Run]:
+    """One IMP chain per seed, ``epochs`` per round, rewinding to 5% of a round."""
+    rewind = {"pruning.rewind_step": round(0.05 * epochs * FMNIST_STEPS_PER_EPOCH)}
+    base = {**base, "num_epochs": epochs}
+    return _tagged(method_runs(base, ("imp",), sparsities, seeds, imp=rewind), f"e{epochs:g}")
+
+
+def fmnist_equal_cost_lenet300(seeds: tuple[int, ...] = (0, 1, 2)) -> list[Run]:
+    """Issue 15: one training cycle given IMP's budget, LeNet-300-100 on Fashion-MNIST.
+
+    Dense, progressive (the sweep-1 recipe and the ablation's best settings) and GMP trained
+    for 10, 20, 40 and 70 epochs; IMP chains of 10 epochs per round (to 99%, 70 epochs in all)
+    and of 20 epochs per round (to 98%). Everything else is sweep 1's recipe. Seed-major
+    order, so a sweep stopped early has whole seeds.
+    """
+    model = {**FMNIST_BASE, "model": "lenet300_100"}
+    runs = []
+    for seed in seeds:
+        for epochs in EQUAL_COST_LENGTHS:
+            base = {**model, "num_epochs": epochs}
+            levels = EQUAL_COST_SPARSITIES
+            cells = method_runs(base, ("dense", "progressive", "gmp"), levels, (seed,))
+            best = method_runs(base, ("progressive",), levels, (seed,))
+            runs += _tagged(cells + [{**r, **ABLATION_BEST} for r in best], f"e{epochs:g}")
+        runs += _imp_chain(model, FMNIST_SPARSITIES, 10.0, (seed,))
+        runs += _imp_chain(model, FMNIST_SPARSITIES[:-1], 20.0, (seed,))
+    return runs
+
+
 SWEEPS: dict[str, list[Run]] = {
     "fmnist_lenet": fmnist_lenet(),
     # What this repository ran on a 2-core CPU (experiments/results/fmnist_lenet300_cpu.md):
@@ -145,6 +190,7 @@ SWEEPS: dict[str, list[Run]] = {
         models=("lenet5",), seeds=(0,), num_epochs=3.0, sparsities=(0.9, 0.98)
     ),
     "cifar10": cifar10(),
+    "fmnist_equal_cost_lenet300": fmnist_equal_cost_lenet300(),
 }
 
 
@@ -155,7 +201,11 @@ def run_name(run: Run) -> str:
     'lenet5-snip-s0.9-seed1'
     >>> run_name({"model": "lenet5", "pruning.method": "imp", "imp_chain": (0.5, 0.9), "seed": 0})
     'lenet5-imp-chain-seed0'
+    >>> run_name({"model": "m", "pruning.method": "gmp", "pruning.sparsity": 0.9, "seed": 0,
+    ...           "tag": "e20"})
+    'm-gmp-s0.9-seed0-e20'
     """
     method = run.get("label", run["pruning.method"])
     level = "chain" if method == "imp" else f"s{run['pruning.sparsity']:g}"
-    return f"{run['model']}-{method}-{level}-seed{run['seed']}"
+    tag = f"-{run['tag']}" if run.get("tag") else ""
+    return f"{run['model']}-{method}-{level}-seed{run['seed']}{tag}"
