@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     config.parallel = "shard_map"  # shard_map | pmap (same per-device step either way)
     config.num_devices = 0  # devices used for data parallelism; 0 => all
+    # train steps dispatched ahead of the host; 0 => auto (2 on several CPU devices, else no bound)
+    config.max_steps_in_flight = 0
 
     config.log_every_steps = 50  # metrics.jsonl / TensorBoard / progress bar update period
     config.eval_every_epochs = 1.0  # evaluation period (also evaluated at the end)

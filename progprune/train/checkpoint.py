@@ -34,6 +34,7 @@ NON_SEMANTIC_KEYS = (
     "max_to_keep",
     "async_checkpointing",
     "eval_every_epochs",
+    "max_steps_in_flight",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import signal
@@ -17,7 +18,7 @@ import orbax.checkpoint as ocp
 import progprune
 from progprune.train import build, metrics
 from progprune.train.checkpoint import Checkpointer, config_diff, config_fingerprint
-from progprune.train.parallel import make_launcher, select_devices
+from progprune.train.parallel import make_launcher, select_devices, steps_in_flight
 from progprune.train.state import to_host
 from progprune.train.validate import validate
 
@@ -196,6 +197,7 @@ class Run:
         self.lr_fn, self.setup = plan.learning_rate, plan.pruning
         train_step, eval_step = build.make_steps(config, ds, plan.tx, len(devices))
         self.launcher = make_launcher(config.parallel, train_step, eval_step, devices)
+        self.max_in_flight = steps_in_flight(devices, config.max_steps_in_flight)
         self.ckpt = Checkpointer(
             workdir, max_to_keep=config.max_to_keep, async_save=config.async_checkpointing
         )
@@ -236,12 +238,16 @@ class Run:
         state = launcher.put_state(self.host_state)
         self.t0 = time.time()
         self.tick, pending = (self.t0, start), []
+        in_flight = collections.deque()  # metrics of steps dispatched but not waited for
         for step in range(start + 1, self.total_steps + 1):
             if self._preempted or self._multihost_preempted(step - 1):
                 self._checkpoint(state, step - 1, pending)
                 raise PreemptedError(f"preempted at step {step - 1}; checkpoint saved, rerun")
             state, m = launcher.train_step(state, *self.train_data)
             pending.append((step, m))
+            in_flight.append(m)
+            if self.max_in_flight is not None and len(in_flight) > self.max_in_flight:
+                jax.block_until_ready(in_flight.popleft())
             self.progress.update()
             self._periodic(state, step, pending)
         self.progress.close()

@@ -51,6 +51,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "dtype": (str,),
     "parallel": (str,),
     "num_devices": (int,),
+    "max_steps_in_flight": (int,),
     "log_every_steps": (int,),
     "eval_every_epochs": _NUM,
     "checkpoint_every_steps": (int,),
@@ -134,6 +135,8 @@ def check_values(flat: dict, num_devices: int) -> None:
     if not 0.0 <= b <= e <= 1.0:
         raise _fail("pruning.end_fraction", e, f"need 0 <= begin ({b}) <= end <= 1", "reorder")
     positive = ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps")
+    if flat["max_steps_in_flight"] < 0:
+        raise _fail("max_steps_in_flight", flat["max_steps_in_flight"], "must be >= 0", "0 = auto")
     for key in (*positive, "max_to_keep", "learning_rate", "eval_every_epochs"):
         if flat[key] <= 0:
             raise _fail(key, flat[key], "must be > 0", "use a positive value")
