@@ -6,7 +6,7 @@ LeNet-300-100 on Fashion-MNIST to 90% sparsity with the paper's linear schedule:
     python -m progprune.train --config=configs/default.py --workdir=/tmp/default
 
 Any field can be overridden from the command line, e.g. ``--config.pruning.sparsity=0.95``.
-The config is locked: an unknown key is an error, not a new field.
+The config is locked: an unknown key is an error, not a new field (from Python too).
 """
 
 import ml_collections
@@ -96,4 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.async_checkpointing = True  # write checkpoints in a background thread
     config.progress_bar = True  # tqdm bar; shown only when stderr is a TTY
     config.overwrite = False  # allow reusing a workdir that holds a different run
-    return config
+    # resume a checkpoint with changed optimizer settings (e.g. a lower learning rate after a
+    # NaN stop); other changes are still refused (progprune.train.workdir.RESUMABLE_CHANGES)
+    config.resume_changed = False
+    # Locked: a misspelt field (config.learning_rat = 0.1) is an error, not a new field.
+    return config.lock()

@@ -179,7 +179,9 @@ def make_launcher(
     >>> make_launcher("pmap", step, lambda s, x, y: {}, jax.devices()[:1]).num_devices
     1
     """
-    launchers = {"shard_map": shard_map_launcher, "pmap": pmap_launcher}
-    if kind not in launchers:
-        raise ValueError(f"config.parallel={kind!r}; use one of {sorted(launchers)}.")
-    return launchers[kind](train_step, eval_step, devices)
+    if kind not in LAUNCHERS:
+        raise ValueError(f"config.parallel={kind!r}; use one of {sorted(LAUNCHERS)}.")
+    return LAUNCHERS[kind](train_step, eval_step, devices)
+
+
+LAUNCHERS = {"shard_map": shard_map_launcher, "pmap": pmap_launcher}  # config.parallel
