@@ -24,7 +24,6 @@ problem, 3 non-finite loss, 4 workdir in use by another process, 5 storage (I/O)
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -67,9 +66,12 @@ def main(argv: list[str]) -> None:
     from progprune.drivers import run
     from progprune.train.errors import StorageError, exit_code
 
-    # Our own lines only; orbax's per-save chatter (absl logger) only from WARNING up.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("progprune").setLevel(logging.WARNING)
+    sys.excepthook = _quiet_closed_loop(sys.excepthook)
+
+    # One line per expected failure: orbax logs its own tracebacks of a failed write (absl
+    # logger) before ours says what failed and what to do. --verbosity=0 shows them.
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.FATAL)
     try:
         run(FLAGS.config, FLAGS.workdir)
     except Exception as e:
@@ -84,6 +86,20 @@ def main(argv: list[str]) -> None:
             sys.stdout.flush()
             os._exit(code)
         sys.exit(code)
+
+
+def _quiet_closed_loop(default):
+    """``sys.excepthook`` without one kind of noise: after a failed checkpoint write, the storage
+    library's pending writes call back into orbax's event loop, which is already closed, and
+    each callback prints a traceback of ``RuntimeError: Event loop is closed``. Our one-line
+    error says what failed; every other exception keeps its traceback."""
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        default(kind, value, tb)
+
+    return hook
 
 
 def _config_path(argv: list[str]) -> str | None:

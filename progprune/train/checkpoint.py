@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -99,6 +99,7 @@ class Checkpointer:
         self.directory = Path(workdir).absolute() / "checkpoints"
         self.corrupt_dir = Path(workdir).absolute() / "corrupt_checkpoints"
         self.failed = False  # a write failed: orbax's background threads may hang on close
+        self.last_save: int | None = None  # the step of the latest write started
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
@@ -134,6 +135,7 @@ class Checkpointer:
         self._probe_writable()
         meta = dict(meta, step=step, time=time.time())
         meta.update(checksum=meta_checksum(state, meta), checksum_version=2)
+        previous, self.last_save = self.last_save, step
         try:
             self.manager.save(
                 step,
@@ -143,14 +145,16 @@ class Checkpointer:
                 force=True,
             )
         except Exception as e:  # noqa: BLE001 - any failure to write is a storage fault
-            raise self._write_error(step, e) from e
+            # manager.save first waits for the previous (async) write: its error shows here.
+            failed = previous if previous is not None and previous not in self.steps() else step
+            raise self._write_error(failed, e) from e
 
     def _probe_writable(self) -> None:
         """Writes and removes a small file, so a read-only or full disk fails here, at once."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe") as f:
-                f.write(b"\0" * 4096)
+                f.write(b"\0" * 512)  # a full disk refuses even this; 2 kB files pass
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
@@ -164,11 +168,11 @@ class Checkpointer:
         steps = self.steps()
         return f"checkpoint {steps[-1]} is kept" if steps else "no checkpoint was written yet"
 
-    def _write_error(self, step: int, error: BaseException) -> StorageError:
+    def _write_error(self, step: int | None, error: BaseException) -> StorageError:
         self.failed = True
         return StorageError(
-            f"writing checkpoint {step} to {self.directory} failed ({type(error).__name__}: "
-            f"{str(error)[:300]}); {self._kept()}. Fix the storage and rerun to resume."
+            f"writing checkpoint {step} to {self.directory} failed ({_os_reason(error)}); "
+            f"{self._kept()}. Fix the storage and rerun to resume."
         )
 
     def check(self) -> None:
@@ -180,11 +184,7 @@ class Checkpointer:
         try:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
-            raise self._write_error(self._pending_step(), e) from e
-
-    def _pending_step(self) -> int:
-        steps = self.steps()
-        return steps[-1] if steps else -1
+            raise self._write_error(self.last_save, e) from e
 
     def _check_readable(self, step: int) -> None:
         """Opens and reads every file of `step`; an OS error is a storage fault, not damage."""
@@ -273,14 +273,13 @@ class Checkpointer:
 
     def _set_aside(self, step: int, error: Exception) -> None:
         dest = self.corrupt_dir / f"{step}_{int(time.time())}"
-        logging.warning(
-            "Checkpoint at step %d is unusable (%s: %s); moved to %s, trying the previous one.",
-            step,
-            type(error).__name__,
-            str(error)[:300],
-            dest,
-        )
         if jax.process_index() == 0:
+            print(
+                f"warning: checkpoint {step} is damaged ({type(error).__name__}: "
+                f"{str(error)[:300]}); moved to {dest}, trying the previous one.",
+                file=sys.stderr,
+                flush=True,
+            )
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), dest)
         if jax.process_count() > 1:  # everyone sees the move before listing steps again
@@ -304,7 +303,7 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            raise self._write_error(self._pending_step(), e) from e
+            raise self._write_error(self.last_save, e) from e
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager's threads.
@@ -314,6 +313,24 @@ class Checkpointer:
         """
         if not self.failed:
             self.manager.close()
+
+
+def _os_reason(error: BaseException) -> str:
+    """The operating system's reason inside a (possibly wrapped) write error.
+
+    >>> _os_reason(ValueError("OUT_OF_RANGE: Failed to write: File too large [os_error_code='27']"))
+    '[Errno 27] File too large'
+    """
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return f"[Errno {seen.errno}] {seen.strerror}"
+        seen = seen.__cause__ or seen.__context__
+    # The storage library reports OS errors inside its own message.
+    found = re.search(r"([^:]+?) \[os_error_code='?(\d+)'?\]", str(error))
+    if found:
+        return f"[Errno {found.group(2)}] {found.group(1).strip()}"
+    return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 def meta_checksum(state: TrainState, meta: dict[str, Any]) -> str:

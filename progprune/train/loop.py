@@ -163,8 +163,6 @@ class Run:
         self.writer = metrics.MetricWriter(self.workdir, resume_step=start)
         self.report = metrics.Reporter(config.progress_bar, self.total_steps, start)
         self._watch_sigterm()
-        if start == 0:  # the rewind point of IMP when rewind_step is 0
-            workdirs.save_params(self.workdir / "rewind_params", self.host_state.params)
         devices = f"{launcher.num_devices} device{'s' * (launcher.num_devices > 1)}"
         self.report.start(
             f"Training {config.model} on {self.data_names[0]}: steps {start}..{self.total_steps}"
@@ -211,7 +209,7 @@ class Run:
             self.writer.write(step, self.last_eval[1])
             self.report.eval_row(step, self.last_eval[1])
             self.tick = (time.time(), step)  # images/s measures training only
-        if step == config.pruning.rewind_step:
+        if step == config.pruning.rewind_step:  # > 0: step 0 is re-created from the seed
             params = self.launcher.get_state(state.params)
             workdirs.save_params(self.workdir / "rewind_params", params)
         if step % config.checkpoint_every_steps == 0 or last:

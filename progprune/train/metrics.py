@@ -7,7 +7,6 @@ not need TensorFlow.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 from pathlib import Path
@@ -227,15 +226,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     lines += [f"  {k:<48s} {v:.4f}" for k, v in summary["per_layer_sparsity"].items()]
     return "\n".join(lines)
-
-
-LOGGER = logging.getLogger("progprune.train")
-
-
-def log(message: str, *args: Any) -> None:
-    """Logs (INFO, logger "progprune.train") from process 0 only.
-
-    >>> log("Training %s on %s", "lenet5", "fashion_mnist")
-    """
-    if jax.process_index() == 0:
-        LOGGER.info(message, *args)

@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import fcntl
 import json
-import logging
 import os
 import shutil
 import socket
@@ -30,7 +29,6 @@ from progprune.train.errors import StorageError, WorkdirBusyError
 from progprune.train.state import to_host
 
 PyTree = Any
-LOGGER = logging.getLogger("progprune.train")
 # Files a run writes into its workdir; removed together when config.overwrite replaces a run.
 RUN_FILES = (
     "checkpoints",
