@@ -58,6 +58,8 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "async_checkpointing": (bool,),
     "progress_bar": (bool,),
     "overwrite": (bool,),
+    "record_masks": (bool,),
+    "record_weights": _STR_OR_NONE,
 }
 
 CHOICES = {
