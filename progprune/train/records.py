@@ -174,7 +174,7 @@ class MaskRecorder:
     def due(self, step: int) -> bool:
         """Whether the state after `step` steps is recorded: step 0, the last, each update."""
         every = self.update_every
-        return step in (0, self.total_steps) or bool(every) and step % every == 0
+        return step in (0, self.total_steps) or (bool(every) and step % every == 0)
 
     def forget_after(self, step: int) -> None:
         """Removes records past `step` (a resumed run writes them again, identically)."""
