@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.async_checkpointing = True  # write checkpoints in a background thread
     config.progress_bar = True  # tqdm bar; shown only when stderr is a TTY
     config.overwrite = False  # allow reusing a workdir that holds a different run
+    config.record_masks = False  # write masks at each mask update to workdir/records (analysis)
+    # regex on '/'-joined param paths whose weights go into each record; None => masks only
+    config.record_weights = ml_collections.FieldReference(None, field_type=str)
     # resume a checkpoint with changed optimizer settings (e.g. a lower learning rate after a
     # NaN stop); other changes are still refused (progprune.train.workdir.RESUMABLE_CHANGES)
     config.resume_changed = False

@@ -13,23 +13,43 @@ from progprune.prunable import Prunable, leaves_with_paths, prunable_mask
 
 PyTree = Any
 
-__all__ = ["mask_changes", "sparsity_summary"]
+__all__ = ["mask_changes", "prunable_leaves", "sparsity_summary"]
 
 
-def _zero_fraction_counts(tree: PyTree, prunable: Prunable) -> list[tuple[str, int, int]]:
-    """``(path, zeros, size)`` for each prunable leaf; bool leaves count False as zero."""
+def prunable_leaves(tree: PyTree, prunable: Prunable = None) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` of the prunable leaves of a mask tree or a parameter tree.
+
+    Mask trees are bool, so the rule is applied to their shapes: by default the leaves of rank
+    >= 2; a regex or predicate sees each leaf as float. Integer leaves are never prunable.
+
+    Example:
+      >>> [p for p, _ in prunable_leaves({"w": jnp.ones((2, 2), bool), "b": jnp.ones(2, bool)})]
+      ['w']
+    """
     flat, _ = leaves_with_paths(tree)
     if prunable is None:
-        # Mask trees are bool; the default rank >= 2 rule then applies to their shapes.
         flags = [np.ndim(leaf) >= 2 for _, leaf in flat]
     else:
         as_float = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), tree)
         flags = jax.tree.leaves(prunable_mask(as_float, prunable))
+    return [
+        (path, leaf)
+        for (path, leaf), chosen in zip(flat, flags, strict=True)
+        if chosen and _bool_or_float(leaf)
+    ]
+
+
+def _bool_or_float(leaf: Any) -> bool:
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    return jnp.issubdtype(dtype, jnp.bool_) or jnp.issubdtype(dtype, jnp.floating)
+
+
+def _zero_fraction_counts(tree: PyTree, prunable: Prunable) -> list[tuple[str, int, int]]:
+    """``(path, zeros, size)`` for each prunable leaf; bool leaves count False as zero."""
     rows = []
-    for (path, leaf), chosen in zip(flat, flags, strict=True):
+    for path, leaf in prunable_leaves(tree, prunable):
         leaf = jnp.asarray(leaf)
-        if chosen and (leaf.dtype == bool or jnp.issubdtype(leaf.dtype, jnp.floating)):
-            rows.append((path, int(jnp.sum(leaf == 0)), int(leaf.size)))
+        rows.append((path, int(jnp.sum(leaf == 0)), int(leaf.size)))
     return rows
 
 

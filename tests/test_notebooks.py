@@ -40,4 +40,10 @@ def _env() -> dict:
     env = dict(os.environ)
     # One host device is enough here; the suite's 8-device flag would only slow the kernel.
     env["XLA_FLAGS"] = ""
+    # Each notebook's smoke size (a fraction of an epoch per run); the committed outputs are
+    # from PROGPRUNE_NB_SIZE=full.
+    env["PROGPRUNE_NB_SIZE"] = "small"
+    # The kernel imports the progprune under test (this checkout), not another install.
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     return env

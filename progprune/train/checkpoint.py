@@ -48,6 +48,8 @@ NON_SEMANTIC_KEYS = (
     "eval_every_epochs",
     "max_steps_in_flight",
     "resume_changed",
+    "record_masks",
+    "record_weights",
 )
 
 

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 import progprune
-from progprune.train import build, metrics
+from progprune.train import build, metrics, records
 from progprune.train import workdir as workdirs
 from progprune.train.checkpoint import Checkpointer, config_fingerprint
 from progprune.train.errors import NonFiniteError, PreemptedError, StorageError
@@ -143,6 +143,9 @@ class Run:
         restored = self.ckpt.restore_latest(self.host_state)
         if restored is not None:
             self.host_state, self.resumed = restored
+        self.recorder = records.make_recorder(
+            config, workdir, self.setup, self.total_steps, self.host_state, self.launcher.get_state
+        )
         put = self.launcher.put_data
         self.train_data = (put(ds.train.images), put(ds.train.labels))
         self.eval_data = (put(ds.eval.images), put(ds.eval.labels))
@@ -193,6 +196,8 @@ class Run:
     def _periodic(self, state, step: int, pending: list) -> None:
         """Logging, evaluation, rewind snapshot and checkpoint, each when its period says."""
         config, last = self.config, step == self.total_steps
+        if self.recorder is not None:  # masks (and weights) at every mask update
+            self.recorder.after_step(step, state)
         if step % config.log_every_steps == 0 or last:
             row = self._train_row(state, step, pending)
             self.writer.write(step, {**row, **self._layer_detail()})

@@ -39,6 +39,7 @@ RUN_FILES = (
     "config.json",
     "rewind_params",
     "final_params",
+    "records",
 )
 LOCK_FILE = ".lock"
 # Settings of the optimizer that a run may change when it resumes from its checkpoint with
