@@ -100,7 +100,10 @@ def _prune(scores, sparsity, masks):
 
 
 @settings(max_examples=20, deadline=None)
-@given(hnp.arrays(np.float32, (3, 7), elements=st.floats(-4, 4, width=32)), st.data())
+@given(
+    hnp.arrays(np.float32, (3, 7), elements=st.floats(-4, 4, width=32, allow_subnormal=False)),
+    st.data(),
+)
 def test_pruned_at_inverts_a_shrinking_history(scores, data):
     # A shrinking history: ever higher sparsities of one ranking, as progressive pruning makes.
     levels = sorted(data.draw(st.lists(st.floats(0, 0.95), min_size=1, max_size=5)))
@@ -128,8 +131,13 @@ def test_cut_statistics_exact_and_scoped_by_prunable():
     assert same.pruned == 0 and np.isnan(same.threshold) and same.kept_min == 0.43
 
 
+# Subnormal weights are left out: XLA's CPU backend flushes them to zero, so the masks rank them
+# as 0.0 while numpy does not.
 @settings(max_examples=20, deadline=None)
-@given(hnp.arrays(np.float32, (4, 6), elements=st.floats(-4, 4, width=32)), st.floats(0.05, 0.9))
+@given(
+    hnp.arrays(np.float32, (4, 6), elements=st.floats(-4, 4, width=32, allow_subnormal=False)),
+    st.floats(0.05, 0.9),
+)
 def test_cut_of_a_magnitude_update_lies_below_every_kept_weight(w, s):
     dense = {"w": np.ones_like(w, bool)}
     masks = jax.tree.map(np.asarray, _prune({"w": np.abs(w)}, s, dense))

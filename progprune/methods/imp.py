@@ -32,6 +32,7 @@ import numpy as np
 
 import progprune
 from progprune.prunable import path_str
+from progprune.schedules import check_sparsity
 
 PyTree = Any
 TrainFn = Callable[..., dict]
@@ -48,8 +49,7 @@ def imp_round_sparsities(target: float, rate: float) -> list[float]:
     """
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"rate must be in (0, 1], got {rate}")
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"target must be in [0, 1), got {target}")
+    target = check_sparsity(target, "target")
     if target == 0.0:
         return []
     if rate == 1.0:
