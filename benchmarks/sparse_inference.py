@@ -10,9 +10,9 @@ Cases, each at 90/95/98/99% sparsity and batch 1 and 128:
     vgg19, resnet18/20/32, one row per distinct shape): ``x @ W + b`` alone, same variants.
 
 Every sparse output is checked against the dense one (``allclose``, rtol = atol = 1e-5).
-Time: the variants run interleaved (round-robin, 15 rounds of enough calls to fill ~20 ms each);
-the minimum per-call time over rounds is reported (the least disturbed by other processes)
-with the median beside it. Memory: XLA's buffer assignment of the compiled forward
+Time: the variants run interleaved (round-robin, 100 rounds of ~1 ms each); the minimum
+per-call time over rounds is reported (the undisturbed time on a shared core) with the median
+beside it. Memory: XLA's buffer assignment of the compiled forward
 (``compiled.memory_analysis()``: argument, output and temporary bytes; the CPU runtime keeps
 no allocator statistics); ``weight bytes`` are the kernels as the variant stores them.
 
@@ -47,7 +47,7 @@ SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 128)
 VARIANTS = ("dense", "bcoo", "bcsr")
 OTHER_MODELS = ("lenet5", "vgg_like", "vgg19", "resnet18", "resnet20", "resnet32")
-ROUNDS = 15
+ROUNDS = 100
 
 
 def prune_uniform(params: Any, sparsity: float) -> tuple[Any, Any]:
@@ -106,13 +106,18 @@ def weight_bytes(layers: list) -> int:
 
 
 def time_interleaved(calls: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
-    """Per-call seconds of each variant, ROUNDS rounds, variants round-robin within a round."""
+    """Per-call seconds of each variant: ROUNDS short rounds, variants round-robin in each.
+
+    Rounds are kept near 1 ms: on a shared core a long round is almost always interrupted,
+    while the fastest of many short rounds is the undisturbed time (it repeats to within a few
+    percent from run to run; the median does not).
+    """
     reps = {}
     for name, call in calls.items():
         jax.block_until_ready(call())
         start = time.perf_counter()
         jax.block_until_ready(call())
-        reps[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-6)))
+        reps[name] = max(1, int(1e-3 / max(time.perf_counter() - start, 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(ROUNDS):
         for name, call in calls.items():
