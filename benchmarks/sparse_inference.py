@@ -4,10 +4,12 @@ Cases, each at 90/95/98/99% sparsity and batch 1 and 128:
   * LeNet-300-100, the whole forward of an exported model: initialised (seed 0), every kernel
     pruned to the target (``prune_to_sparsity(..., distribution="uniform")``: no layer emptied),
     saved with ``progprune.export.save`` and reloaded with ``load``. Dense: the jitted
-    ``model.apply``. Sparse: the same layers with each kernel as a BCOO or BCSR matrix
-    (``out x in``, so a row is an output unit), ``y = (W @ x.T).T + b``, ReLU between layers.
+    ``model.apply``. Sparse: each kernel as
+    a BCOO or BCSR matrix (``out x in``, a row per output unit), ``y = (W @ x.T).T + b``; the
+    BCSR variant is the library's ``progprune.export.sparse_mlp_apply``.
   * the fully connected layers of the other models (every rank-2 kernel of lenet5, vgg_like,
-    vgg19, resnet18/20/32, one row per distinct shape): ``x @ W + b`` alone, same variants.
+    vgg19, resnet18/20/32, one row per distinct shape): ``x @ W + b`` alone (dense: jitted
+    ``x @ W + b``), same variants.
 
 Every sparse output is checked against the dense one (``allclose``, rtol = atol = 1e-5).
 Time: the variants run interleaved (round-robin, 100 rounds of ~1 ms each); the minimum
@@ -66,26 +68,40 @@ def exported(params: Any, masks: Any, directory: Path) -> Any:
     return ppx.load(path)[0]
 
 
-def to_sparse(kernel: np.ndarray, kind: str) -> Any:
-    """A kernel (in x out) as the matrix the variant multiplies with."""
-    if kind == "dense":
-        return jnp.asarray(kernel)
-    make = sparse.BCOO.fromdense if kind == "bcoo" else sparse.BCSR.fromdense
-    return make(jnp.asarray(kernel.T))  # out x in: one row per output unit
+def forward(kind: str) -> Callable:
+    """``f(layers, x)`` over ``[(kernel, bias)]``, ReLU between layers (dense or BCOO kernels)."""
 
-
-def mlp_forward(kind: str, activations: bool) -> Callable:
-    """``f(layers, x)``: ``layers`` is [(kernel, bias)], ReLU between layers if `activations`."""
-
-    def forward(layers, x):
+    def apply(layers, x):
         h = x.reshape(x.shape[0], -1)
         for i, (w, b) in enumerate(layers):
             h = (h @ w if kind == "dense" else (w @ h.T).T) + b
-            if activations and i < len(layers) - 1:
+            if i < len(layers) - 1:
                 h = jax.nn.relu(h)
         return h
 
-    return jax.jit(forward)
+    return jax.jit(apply)
+
+
+def variants(params: dict) -> dict[str, tuple[Any, Callable]]:
+    """(stored layers, jitted forward) per variant; BCSR is the library's own path."""
+    layers = [(np.asarray(p["kernel"]), np.asarray(p["bias"])) for p in params.values()]
+    bcoo = [(sparse.BCOO.fromdense(jnp.asarray(w.T)), jnp.asarray(b)) for w, b in layers]
+    return {
+        "dense": ([(jnp.asarray(w), jnp.asarray(b)) for w, b in layers], forward("dense")),
+        "bcoo": (bcoo, forward("bcoo")),  # out x in, like BCSR: a row per output unit
+        "bcsr": (ppx.to_sparse_mlp(params), jax.jit(ppx.sparse_mlp_apply)),
+    }
+
+
+def kernel_bytes(stored: Any) -> int:
+    """Bytes of the kernels as the variant stores them (values plus indices)."""
+    if isinstance(stored, ppx.SparseMLP):
+        kernels = [layer.kernel for layer in stored.layers]
+    elif isinstance(stored, dict):  # a model's params
+        kernels = [layer["kernel"] for layer in stored.values()]
+    else:
+        kernels = [w for w, _ in stored]
+    return sum(x.nbytes for x in jax.tree.leaves(kernels))
 
 
 def memory(fn: Callable, *args: Any) -> dict[str, int]:
@@ -98,11 +114,6 @@ def memory(fn: Callable, *args: Any) -> dict[str, int]:
     }
     out["peak_bytes"] = sum(out.values()) - int(stats.alias_size_in_bytes)
     return out
-
-
-def weight_bytes(layers: list) -> int:
-    """Bytes of the kernels as stored by the variant (values plus indices)."""
-    return sum(x.nbytes for w, _ in layers for x in jax.tree.leaves(w))
 
 
 def time_interleaved(calls: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
@@ -129,34 +140,36 @@ def time_interleaved(calls: dict[str, Callable[[], Any]]) -> dict[str, list[floa
     return times
 
 
-def measure_case(case: str, layers: list, batch: int, activations: bool, reference=None) -> list:
-    """Rows for one set of (kernel, bias) layers at one batch size."""
+def measure_case(case: str, params: dict, batch: int, model_apply=None) -> list:
+    """Rows for one stack of dense layers (``{name: {"kernel", "bias"}}``) at one batch size.
+
+    With `model_apply` (``(params, x) -> logits``) the dense variant is that jitted function.
+    """
     rng = np.random.default_rng(batch)
-    x = jnp.asarray(rng.standard_normal((batch, layers[0][0].shape[0]), np.float32))
-    variants = {}
-    for kind in VARIANTS:
-        stored = [(to_sparse(w, kind), jnp.asarray(b)) for w, b in layers]
-        variants[kind] = (stored, mlp_forward(kind, activations))
-    dense_layers, dense_fn = variants["dense"]
-    want = np.asarray(reference(x) if reference is not None else dense_fn(dense_layers, x))
-    outputs = {kind: np.asarray(fn(ls, x)) for kind, (ls, fn) in variants.items()}
+    first = next(iter(params.values()))["kernel"]
+    x = jnp.asarray(rng.standard_normal((batch, first.shape[0]), np.float32))
+    runs = variants(params)
+    if model_apply is not None:
+        runs["dense"] = (jax.tree.map(jnp.asarray, params), jax.jit(model_apply))
+    want = np.asarray(runs["dense"][1](runs["dense"][0], x))
+    outputs = {kind: np.asarray(fn(stored, x)) for kind, (stored, fn) in runs.items()}
     times = time_interleaved(
-        {kind: (lambda ls=ls, fn=fn: fn(ls, x)) for kind, (ls, fn) in variants.items()}
+        {kind: (lambda s=stored, fn=fn: fn(s, x)) for kind, (stored, fn) in runs.items()}
     )
     dense_best = min(times["dense"])
     rows = []
-    for kind, (ls, fn) in variants.items():
+    for kind, (stored, fn) in runs.items():
         rows.append(
             {
                 "case": case,
-                "shapes": [list(w.shape) for w, _ in layers],
+                "shapes": [list(p["kernel"].shape) for p in params.values()],
                 "batch": batch,
                 "variant": kind,
                 "time_min_us": min(times[kind]) * 1e6,
                 "time_median_us": statistics.median(times[kind]) * 1e6,
                 "speedup_vs_dense": dense_best / min(times[kind]),
-                "weight_bytes": weight_bytes(ls),
-                **memory(fn, ls, x),
+                "weight_bytes": kernel_bytes(stored),
+                **memory(fn, stored, x),
                 "max_abs_diff": float(np.abs(outputs[kind] - want).max()),
                 "allclose": bool(np.allclose(outputs[kind], want, rtol=1e-5, atol=1e-5)),
             }
@@ -168,13 +181,15 @@ def lenet_rows(directory: Path) -> list[dict[str, Any]]:
     model = models.get_model("lenet300_100", 10)
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)), train=False))
     params = jax.tree.map(np.asarray, init(jax.random.key(0))["params"])
+
+    def apply(p, x):
+        return model.apply({"params": p}, x, train=False)
+
     rows = []
     for sparsity in SPARSITIES:
         loaded = exported(*prune_uniform(params, sparsity), directory)
-        layers = [(loaded[n]["kernel"], loaded[n]["bias"]) for n in ("fc1", "fc2", "fc3")]
-        apply = jax.jit(lambda x, p=loaded: model.apply({"params": p}, x, train=False))
         for batch in BATCHES:
-            for row in measure_case("lenet300_100", layers, batch, True, apply):
+            for row in measure_case("lenet300_100", loaded, batch, apply):
                 rows.append({"sparsity": sparsity, **row})
                 report(rows[-1])
     return rows
@@ -197,13 +212,13 @@ def fc_rows(directory: Path) -> list[dict[str, Any]]:
     rows = []
     rng = np.random.default_rng(0)
     for shape, owners in fc_shapes().items():
-        params = {"w": rng.standard_normal(shape, np.float32) / np.sqrt(shape[0])}
-        params["b"] = np.zeros(shape[1], np.float32)
+        kernel = rng.standard_normal(shape, np.float32) / np.sqrt(shape[0])
+        params = {"fc": {"kernel": kernel, "bias": np.zeros(shape[1], np.float32)}}
         for sparsity in SPARSITIES:
             loaded = exported(*prune_uniform(params, sparsity), directory)
             case = f"fc {shape[0]}x{shape[1]} ({', '.join(owners)})"
             for batch in BATCHES:
-                for row in measure_case(case, [(loaded["w"], loaded["b"])], batch, False):
+                for row in measure_case(case, loaded, batch):
                     rows.append({"sparsity": sparsity, **row})
                     report(rows[-1])
     return rows

@@ -19,6 +19,11 @@ the run's config), and back to its test accuracy::
 
 The same from Python: ``progprune.export.runs.export_run`` and ``evaluate_export`` (they import
 the trainer, so they are not imported here).
+
+Sparse inference: for batched inference of a fully connected stack (LeNet-300-100) at 90-99%
+sparsity, ``to_sparse_mlp`` + ``sparse_mlp_apply`` (BCSR kernels) measured 1.5-7x faster than
+the dense forward at batch 128 on a CPU, and slower at batch 1 (``progprune.export.sparse``
+has the numbers; everywhere else the dense model is the faster one).
 """
 
 from progprune.export.format import (
@@ -32,6 +37,7 @@ from progprune.export.format import (
     save,
 )
 from progprune.export.report import LayerSize, SizeReport, size_report
+from progprune.export.sparse import SparseLinear, SparseMLP, sparse_mlp_apply, to_sparse_mlp
 
 __all__ = [
     "CorruptExportError",
@@ -41,8 +47,12 @@ __all__ = [
     "MaskMismatchError",
     "NotAnExportError",
     "SizeReport",
+    "SparseLinear",
+    "SparseMLP",
     "load",
     "load_export",
     "save",
     "size_report",
+    "sparse_mlp_apply",
+    "to_sparse_mlp",
 ]
