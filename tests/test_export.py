@@ -261,7 +261,34 @@ def test_a_failed_save_overwrites_nothing(export_file, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.ppx"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("name", ["progprune.export.format", "progprune.export.report"])
+# ---------------------------------------------------------------------------- sparse path
+
+
+@pytest.mark.parametrize("name", ["lenet300_100", "tiny_mlp"])
+def test_sparse_mlp_computes_what_the_model_computes(name):
+    model = models.get_model(name, 10)
+    params, masks, _ = sparse_model(name, densities=(0.05, 0.0, 0.3))  # 0.0: an emptied layer
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, *INPUT[name][1:]), np.float32))
+    mlp = ppx.to_sparse_mlp(params)
+    kept = [int(layer.kernel.nse) for layer in mlp.layers]
+    assert kept == [int(m["kernel"].sum()) for m in masks.values()]  # only kept weights stored
+    got = jax.jit(ppx.sparse_mlp_apply)(mlp, x)
+    want = model.apply({"params": params}, x, train=False)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_mlp_refuses_what_it_cannot_compute():
+    params, _, _ = sparse_model("lenet5")
+    with pytest.raises(ValueError, match="'conv1'] is not a dense layer"):
+        ppx.to_sparse_mlp(params)
+    params, _, _ = sparse_model("lenet300_100")
+    with pytest.raises(ValueError, match="layer 'fc1' takes 784 inputs but the previous layer"):
+        ppx.to_sparse_mlp(params, layers=("fc2", "fc1", "fc3"))
+
+
+@pytest.mark.parametrize(
+    "name", ["progprune.export.format", "progprune.export.report", "progprune.export.sparse"]
+)
 def test_docstring_examples(name):
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     result = doctest.testmod(importlib.import_module(name), optionflags=flags)
@@ -304,6 +331,21 @@ def test_cli_exports_a_real_run_and_checks_its_accuracy_exactly(quickstart_run, 
     assert pruned == round(0.9 * (784 * 300 + 300 * 100 + 100 * 10))  # global 90% of kernels
     assert export.metadata["model"] == "lenet300_100" and export.metadata["step"] == 300
     assert ppx.size_report(out).ratio <= 0.20
+
+
+def test_sparse_forward_of_a_real_export_matches_the_model(quickstart_run, tmp_path):
+    from progprune import data
+    from progprune.export.runs import export_run
+
+    export_run(quickstart_run, tmp_path / "q.ppx")
+    params, _ = ppx.load(tmp_path / "q.ppx")
+    test = data.load("fashion_mnist", "test")
+    mean, std = data.stats("fashion_mnist")
+    x = data.preprocess(jnp.asarray(test.images[:256]), None, augment=False, mean=mean, std=std)
+    want = models.get_model("lenet300_100", 10).apply({"params": params}, x, train=False)
+    got = jax.jit(ppx.sparse_mlp_apply)(ppx.to_sparse_mlp(params), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert (np.argmax(got, -1) == np.argmax(want, -1)).all()
 
 
 def test_cli_bad_input_prints_one_line(quickstart_run, tmp_path, capsys):
