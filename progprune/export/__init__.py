@@ -21,9 +21,9 @@ The same from Python: ``progprune.export.runs.export_run`` and ``evaluate_export
 the trainer, so they are not imported here).
 
 Sparse inference: for batched inference of a fully connected stack (LeNet-300-100) at 90-99%
-sparsity, ``to_sparse_mlp`` + ``sparse_mlp_apply`` (BCSR kernels) measured 1.5-7x faster than
-the dense forward at batch 128 on a CPU, and slower at batch 1 (``progprune.export.sparse``
-has the numbers; everywhere else the dense model is the faster one).
+sparsity, ``to_sparse_mlp`` + ``sparse_mlp_apply`` (BCSR kernels) measured 1.6-5x faster than
+the dense forward at batch 128 on a CPU, and 1.5-11x slower at batch 1
+(``progprune.export.sparse`` has the numbers; everywhere else the dense model is the faster).
 """
 
 from progprune.export.format import (

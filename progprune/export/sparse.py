@@ -1,25 +1,28 @@
 """Sparse inference of fully connected stacks (LeNet-300-100) with BCSR kernels: batches only.
 
-``benchmarks/sparse_inference.py`` measured ``jax.experimental.sparse`` against the dense
-jitted forward on a (shared) 2-core CPU, kernels pruned uniformly, the fastest of 100 rounds
-(``benchmarks/results/sparse_inference.json``). For the whole LeNet-300-100 forward:
+``benchmarks/sparse_inference.py`` measured ``jax.experimental.sparse`` against the jitted dense
+``model.apply`` on a shared 2-core CPU (kernels pruned uniformly; fastest of 100 interleaved
+rounds; ``benchmarks/results/sparse_inference.json``). The whole LeNet-300-100 forward:
 
-=========  ====================  ==========================  ==========================
-sparsity   dense, batch 128      BCSR, batch 128 (speed-up)   BCSR, batch 1 (speed-up)
-=========  ====================  ==========================  ==========================
-90%        425 us                280 us (1.5x)                227 us vs 23 us (0.10x)
-95%        417 us                160 us (2.6x)                121 us vs 21 us (0.18x)
-98%        452 us                 89 us (5.1x)                 55 us vs 22 us (0.40x)
-99%        421 us                 61 us (7.0x)                 35 us vs 23 us (0.65x)
-=========  ====================  ==========================  ==========================
+========  ==========  ======================  ========  ======================
+sparsity  dense b128  BCSR b128 (speed-up)    dense b1  BCSR b1 (speed-up)
+========  ==========  ======================  ========  ======================
+90%       528 us      331 us (1.6x)           20 us     225 us (0.09x)
+95%       435 us      189 us (2.3x)           22 us     119 us (0.18x)
+98%       455 us       92 us (5.0x)           23 us      56 us (0.41x)
+99%       397 us       86 us (4.6x)           24 us      36 us (0.67x)
+========  ==========  ======================  ========  ======================
 
-So this path is offered for **batched** inference only: at batch 1 the dense forward is faster
-at every sparsity measured (BCOO ties or wins by at most 1.4x at 98-99%, which is not offered).
-Single layers behave alike: lenet5's 800x500 ``fc1`` at batch 128 gains 1.3-5.2x, vgg_like's
-512x512 1.6-3.2x from 95% (0.8x at 90%); the 10-way classifier heads of the other models are
-dispatch-bound and gain nothing. Flax modules cannot take sparse kernels
-(``jax.experimental.sparse.sparsify`` fails on ``nn.Dense``), so only models that are nothing
-but dense layers and ReLUs (``LeNet300100``, ``TinyMLP``) have a sparse forward here.
+BCSR also needs less memory (XLA's buffers at batch 128: 1.18-0.99 MB against 1.68 MB; the
+kernels 215-23 KB against 1.06 MB). So this path is offered for **batched** inference: at
+batch 1 the dense forward is faster at every sparsity measured (BCOO wins only at 99%, 16 us
+against 24 us, and is not offered; at batch 128 it loses below 99% and needs 1.1-8x the dense
+memory). Single layers at batch 128 agree: lenet5's 800x500 ``fc1`` 0.97x at 90%, then
+2.3-5.0x; vgg_like's 512x512 0.84x at 90%, then 1.5-3.5x; the 10-way classifier heads of the
+other models take 7-25 us either way (dispatch-bound; BCSR 0.7-0.9x at batch 128). Flax
+modules cannot take sparse kernels (``jax.experimental.sparse.sparsify`` fails on
+``nn.Dense``), so only models made of dense layers and ReLUs (``LeNet300100``, ``TinyMLP``)
+have a sparse forward here.
 
 Example:
   >>> import jax, jax.numpy as jnp
