@@ -79,6 +79,8 @@ __all__ = [
     "ExportError",
     "MaskMismatchError",
     "NotAnExportError",
+    "decode_leaf",
+    "encode_leaf",
     "load",
     "load_export",
     "read_body",
