@@ -287,7 +287,13 @@ def test_sparse_mlp_refuses_what_it_cannot_compute():
 
 
 @pytest.mark.parametrize(
-    "name", ["progprune.export.format", "progprune.export.report", "progprune.export.sparse"]
+    "name",
+    [
+        "progprune.export.format",
+        "progprune.export.report",
+        "progprune.export.sparse",
+        "progprune.export.__main__",
+    ],
 )
 def test_docstring_examples(name):
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
