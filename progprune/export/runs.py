@@ -37,12 +37,16 @@ def _run_config(workdir: Path) -> ml_collections.ConfigDict:
             f"workdir {str(workdir)!r} does not exist; pass the --workdir of a progprune.train run."
         )
     record = workdir / "config.json"
-    if not record.exists():
-        raise FileNotFoundError(
-            f"{str(workdir)!r} has no config.json, so it is not a progprune.train workdir; "
-            f"pass the --workdir given to python -m progprune.train.{_round_hint(workdir)}"
-        )
-    return ml_collections.ConfigDict(json.loads(record.read_text())["config"])
+    try:
+        return ml_collections.ConfigDict(json.loads(record.read_text())["config"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if _checkpoint_steps(workdir):  # config.json lost or damaged: each checkpoint holds it
+        return ml_collections.ConfigDict(Checkpointer(workdir).latest_meta()["config"])
+    raise FileNotFoundError(
+        f"{str(workdir)!r} has no readable config.json, so it is not a progprune.train "
+        f"workdir; pass the --workdir given to python -m progprune.train.{_round_hint(workdir)}"
+    )
 
 
 def _round_hint(workdir: Path) -> str:
