@@ -113,6 +113,29 @@ def model_flops(batch: int) -> dict[str, float]:
     return {"forward_flops": flops(loss, params), "grad_flops": flops(jax.grad(loss), params)}
 
 
+def model_times(batch: int, rounds: int) -> dict[str, dict[str, float]]:
+    """CPU ms of the forward loss and of loss + gradient alone (no data, no optimizer)."""
+    x = jax.random.uniform(jax.random.key(1), (batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
+    params = models.LeNet5().init(jax.random.key(0), x, train=False)["params"]
+    fns = {}
+    for name, pool in POOLS.items():
+        model = models.LeNet5(pool=pool)
+
+        def loss(p, model=model):
+            logits = model.apply({"params": p}, x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        fns[name] = {"forward": jax.jit(loss), "forward+backward": jax.jit(jax.grad(loss))}
+    out = {name: {} for name in POOLS}
+    for _ in range(rounds):  # interleaved; keep each variant's best
+        for name, parts in fns.items():
+            for part, fn in parts.items():
+                cpu = timed(fn, params, rounds=1)[0]
+                out[name][f"{part}_cpu_ms"] = min(cpu, out[name].get(f"{part}_cpu_ms", cpu))
+    return out
+
+
 def trainer_steps(batch: int) -> tuple[dict, object, tuple]:
     """The trainer's compiled LeNet-5 step for each pool, on one device, from one state."""
     config = default.get_config()
@@ -184,7 +207,8 @@ def op_shares(launcher, host_state, split, calls: int = 10) -> dict[str, float]:
         for line in plane.lines:
             if line.name.startswith("tf_XLA"):  # the threads that run compiled code
                 for event in line.events:
-                    if event.name != "ThunkExecutor::Execute":
+                    # Skip the executor's own spans: they contain the ops, or wait for them.
+                    if not event.name.startswith("ThunkExecutor"):
                         total[event.name] += event.duration_ns
     whole = sum(total.values())
     return {op: ns / whole for op, ns in total.most_common()}
@@ -207,6 +231,7 @@ def main() -> None:
     }
     result.update(matmul_peak())
     result.update(model_flops(args.batch))
+    result["model_only"] = model_times(args.batch, args.rounds)
     launched, host_state, split = trainer_steps(args.batch)
     result["steps"] = step_times(launched, host_state, split, args.rounds)
     result["op_shares"] = {}
@@ -234,6 +259,8 @@ def main() -> None:
             f"{name:<20}{t['cpu_ms']:>9.1f}{t['wall_ms']:>9.1f}{rate:>9.1f}"
             f"{100 * rate / peak:>7.1f}%"
         )
+    for name, t in result["model_only"].items():
+        print(f"{name}, model alone: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     print(
         f"speedup: {result['speedup_cpu_time']:.2f}x CPU time, {result['speedup_wall']:.2f}x wall"
     )
