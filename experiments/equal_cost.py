@@ -107,14 +107,26 @@ def cheapest_match(table: list[Row], imp: Row) -> Row | None:
     return min(matches, key=lambda c: (c["epochs"], -c["accuracy_mean"]), default=None)
 
 
-def at_most(table: list[Row], imp: Row, method: str) -> Row | None:
-    """`method`'s longest single-cycle cell at IMP's sparsity that costs no more than IMP."""
-    mine = [
-        c
-        for c in one_cycle(table, imp["model"], imp["sparsity"])
-        if c["method"] == method and c["epochs"] <= imp["epochs"]
-    ]
-    return max(mine, key=lambda c: c["epochs"], default=None)
+def bracket(table: list[Row], imp: Row, method: str) -> list[Row]:
+    """`method`'s single-cycle cells at IMP's sparsity nearest to IMP's cost: the longest one
+    costing at most IMP's epochs and the shortest costing at least as much (one cell if a run
+    costs exactly that, none where the method was not run).
+
+    >>> imp = {"model": "m", "sparsity": 0.9, "epochs": 30}
+    >>> cell = lambda e: {"model": "m", "sparsity": 0.9, "method": "gmp", "epochs": e}
+    >>> [c["epochs"] for c in bracket([cell(10), cell(20), cell(40), cell(70)], imp, "gmp")]
+    [20, 40]
+    """
+    mine = [c for c in one_cycle(table, imp["model"], imp["sparsity"]) if c["method"] == method]
+    below = max(
+        (c for c in mine if c["epochs"] <= imp["epochs"]), key=lambda c: c["epochs"], default=None
+    )
+    above = min(
+        (c for c in mine if c["epochs"] >= imp["epochs"]), key=lambda c: c["epochs"], default=None
+    )
+    if below is above:
+        return [] if below is None else [below]
+    return [c for c in (below, above) if c is not None]
 
 
 def _acc(c: Row | None) -> str:
@@ -227,7 +239,7 @@ def match_table(table: list[Row], model: str) -> list[str]:
 
 
 def gap_table(table: list[Row], model: str) -> list[str]:
-    """Per IMP level: each method's longest run costing no more epochs than IMP, minus IMP."""
+    """Per IMP level: each method's runs nearest to IMP's cost (`bracket`), minus IMP."""
     methods = _methods(table, model)
     lines = [
         "| sparsity | IMP (cost) | " + " | ".join(methods) + " |",
@@ -236,9 +248,35 @@ def gap_table(table: list[Row], model: str) -> list[str]:
     for imp in _imp_levels(table, model):
         gaps = []
         for m in methods:
-            c = at_most(table, imp, m)
-            gaps.append("–" if c is None else f"{_diff(c, imp)} ({c['epochs']:g} ep)")
+            cs = bracket(table, imp, m)
+            gaps.append(" / ".join(f"{_diff(c, imp)} ({c['epochs']:g} ep)" for c in cs) or "–")
         lines.append(_imp_head(imp) + " | ".join(gaps) + " |")
+    return lines
+
+
+def summary_table(table: list[Row]) -> list[str]:
+    """One row per model and sparsity against the IMP chain of shortest rounds: IMP, each
+    single-cycle method's runs nearest to IMP's epochs (`bracket`), and the cheapest match."""
+    models = sorted({c["model"] for c in table})
+    methods = sorted(
+        {m for model in models for m in _methods(table, model)}, key=aggregate._method_rank
+    )
+    lines = [
+        "| model | sparsity | IMP (epochs) | "
+        + " | ".join(methods)
+        + " | cheapest single cycle within 1 IMP std |",
+        "|---|---|---|" + "---|" * (len(methods) + 1),
+    ]
+    for model in models:
+        imps = _imp_levels(table, model)
+        shortest = min((c["training_epochs"] for c in imps), default=None)
+        for imp in (c for c in imps if c["training_epochs"] == shortest):
+            cells = []
+            for m in methods:
+                cs = bracket(table, imp, m)
+                cells.append(" / ".join(f"{_acc(c)} ({c['epochs']:g})" for c in cs) or "–")
+            head = f"| {model} | {imp['sparsity']:g} | {_acc(imp)} ({imp['epochs']:g}) | "
+            lines.append(head + " | ".join(cells) + f" | {_match(table, imp)} |")
     return lines
 
 
@@ -309,10 +347,11 @@ def model_section(table: list[Row], model: str) -> list[str]:
     note = "A match: a mean accuracy ≥ IMP's mean − IMP's std; the cheapest in total epochs."
     lines += aggregate._table("Does one cycle match IMP?", match_table(table, model), note)
     note = (
-        "Each method's longest run that costs no more epochs than IMP's chain to that level, "
-        "minus IMP (pp); `*`: the difference exceeds the two stds added."
+        "Each method's runs nearest to the epochs of IMP's chain to that level (the longest "
+        "costing at most as much / the shortest costing at least as much; one run if it costs "
+        "the same), minus IMP (pp); `*`: the difference exceeds the two stds added."
     )
-    lines += aggregate._table("Gap to IMP at (at most) IMP's cost", gap_table(table, model), note)
+    lines += aggregate._table("Gap to IMP at IMP's cost", gap_table(table, model), note)
     methods = _methods(table, model)
     for a, b in (("progressive", "gmp"), ("progressive-end0.5-every20", "progressive")):
         if a in methods and b in methods:
@@ -412,6 +451,12 @@ def report(name: str, sweep_dirs: list[str], table: list[Row], notes: str | None
     ]
     for d in sweep_dirs:
         lines += [f"`{os.path.basename(d)}`:", "", *aggregate.invocation_lines(d), ""]
+    note = (
+        "Test accuracy (%) against the IMP chain with the shortest rounds. Single-cycle "
+        "cells: the runs nearest to IMP's cost, the longest costing at most IMP's epochs / the "
+        "shortest costing at least as much (total epochs in brackets)."
+    )
+    lines += aggregate._table("Summary", summary_table(table), note)
     if notes:
         lines += ["## Findings", "", notes.strip(), ""]
     for model in sorted({c["model"] for c in table}):

@@ -203,13 +203,14 @@ def fake_run(sweep_dir, name: str, overrides: dict, summary=None, imp_rounds=Non
 
 
 def fake_equal_cost_sweep(sweep_dir) -> None:
-    """Model "m", 2 seeds: dense and progressive at 10 and 20 epochs, GMP at 10 (0.9 only), an
-    IMP chain of 10 epochs per round through 0.5 and 0.9."""
+    """Model "m", 2 seeds: dense at 10 and 20 epochs, progressive at 10, 20 and 40, GMP at 10
+    (both at 0.9 only), an IMP chain of 10 epochs per round through 0.5 and 0.9."""
     accuracies = {
         ("dense", 0.0, 10.0): (0.890, 0.894),
         ("dense", 0.0, 20.0): (0.900, 0.902),
         ("progressive", 0.9, 10.0): (0.880, 0.884),
         ("progressive", 0.9, 20.0): (0.897, 0.901),
+        ("progressive", 0.9, 40.0): (0.905, 0.907),
         ("gmp", 0.9, 10.0): (0.890, 0.892),
     }
     for (method, sparsity, epochs), accs in accuracies.items():
@@ -241,6 +242,7 @@ def test_equal_cost_report_on_a_fake_sweep(tmp_path):
         ("dense", 0.0, 20.0),
         ("progressive", 0.9, 10.0),
         ("progressive", 0.9, 20.0),
+        ("progressive", 0.9, 40.0),
         ("gmp", 0.9, 10.0),
         ("imp", 0.5, 20.0),  # IMP levels cost their chain: 2 and 3 trainings of 10 epochs
         ("imp", 0.9, 30.0),
@@ -266,11 +268,14 @@ def test_equal_cost_report_on_a_fake_sweep(tmp_path):
     match = "progressive, 20 ep (0.67× IMP's): 89.90 ± 0.28 | 20 ep (0.67× IMP's): 89.90 ± 0.28"
     match += " | none up to 10 epochs |"
     assert imp_head + match in md
-    # Gaps at <= IMP's 30 epochs: progressive's 20-epoch run, GMP's 10-epoch run.
-    assert imp_head + "-0.10 (20 ep) | -0.90* (10 ep) |" in md
-    assert "| 0.9 | progressive | 88.20 ± 0.28 | 89.90 ± 0.28 |" in md
-    assert "| 0.9 | gmp | 89.10 ± 0.14 | – |" in md  # a cell not run is shown, as "–"
-    assert "| 0.9 | -0.90* | – |" in md  # progressive − gmp
+    # Gaps at IMP's 30 epochs: progressive's runs of 20 and 40 epochs around it, GMP's 10.
+    assert imp_head + "-0.10 (20 ep) / +0.60* (40 ep) | -0.90* (10 ep) |" in md
+    summary = "| m | 0.9 | 90.00 ± 0.28 (30) | 89.90 ± 0.28 (20) / 90.60 ± 0.14 (40) | "
+    assert summary + "89.10 ± 0.14 (10) | progressive, 20 ep (0.67× IMP's): 89.90 ± 0.28 |" in md
+    assert "| 0.9 | progressive | 88.20 ± 0.28 | 89.90 ± 0.28 | 90.60 ± 0.14 |" in md
+    assert "| 0 | dense | 89.20 ± 0.28 | 90.10 ± 0.14 | – |" in md
+    assert "| 0.9 | gmp | 89.10 ± 0.14 | – | – |" in md  # a cell not run is shown, as "–"
+    assert "| 0.9 | -0.90* | – | – |" in md  # progressive − gmp
     assert "progressive is below gmp in 1 of 1 cells (1 by more than the stds added)" in md
     assert "| 10 epochs/round | 90.00 ± 0.14 (20 ep) | 90.00 ± 0.28 (30 ep) |" in md
     assert (out / "fake_cost.png").stat().st_size > 0
