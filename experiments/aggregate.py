@@ -46,6 +46,8 @@ def _read(path: str) -> Any:
 def run_rows(run_dir: str) -> list[Row]:
     """One row per result in a run directory (an IMP chain gives one per pruned round).
 
+    ``epochs`` and ``wall_clock_s`` are the whole cost of the result (an IMP round: its chain
+    so far); ``training_epochs`` is the length of one training (an IMP round's own length).
     An IMP chain still running contributes the rounds it has finished (``imp_rounds.json``).
     """
     if not os.path.exists(os.path.join(run_dir, "run.json")):
@@ -65,6 +67,7 @@ def run_rows(run_dir: str) -> list[Row]:
                 "accuracy": r["eval_accuracy"],
                 "epochs": r["cumulative_epochs"],
                 "wall_clock_s": r["cumulative_wall_clock_s"],
+                "training_epochs": r["epochs"],
             }
             for r in rounds
             if r["round"] > 0
@@ -81,6 +84,7 @@ def run_rows(run_dir: str) -> list[Row]:
             "accuracy": s["eval_accuracy"],
             "epochs": s["epochs"],
             "wall_clock_s": s["wall_clock_s"],
+            "training_epochs": s["epochs"],
         }
     ]
 
@@ -90,7 +94,12 @@ def collect(sweep_dir: str) -> list[Row]:
     return [row for d in sorted(glob.glob(os.path.join(sweep_dir, "*"))) for row in run_rows(d)]
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value).
+
+    >>> mean_std([1.0, 3.0])
+    (2.0, 1.4142135623730951)
+    """
     mean = sum(xs) / len(xs)
     if len(xs) < 2:
         return mean, float("nan")
@@ -111,7 +120,7 @@ def summarize(rows: list[Row]) -> list[Row]:
         groups[(r["model"], r["method"], float(r["sparsity"]))].append(r)
     out = []
     for (model, method, sparsity), rs in groups.items():
-        acc_mean, acc_std = _mean_std([100.0 * r["accuracy"] for r in rs])
+        acc_mean, acc_std = mean_std([100.0 * r["accuracy"] for r in rs])
         out.append(
             {
                 "model": model,
@@ -249,7 +258,8 @@ def plot(path: str, groups: list[Row], title: str) -> None:
     plt.close(fig)
 
 
-def _invocations(sweep_dir: str) -> list[str]:
+def invocation_lines(sweep_dir: str) -> list[str]:
+    """Markdown bullets: each invocation of the sweep (command, times, commit) and its machine."""
     path = os.path.join(sweep_dir, "invocations.json")
     if not os.path.exists(path):
         return ["(no invocations.json: runs were not started by experiments.run_sweep)"]
@@ -303,7 +313,7 @@ def report(sweep: str, sweep_dir: str, groups: list[Row], notes: str | None) -> 
         "",
         "## Runs",
         "",
-        *_invocations(sweep_dir),
+        *invocation_lines(sweep_dir),
         "",
     ]
     if notes:

@@ -2,13 +2,14 @@
 sweep 2 (CIFAR-10) end to end on tfds mock data."""
 
 import csv
+import doctest
 import json
 import os
 
 import numpy as np
 import pytest
 
-from experiments import aggregate, run_sweep, sweeps
+from experiments import aggregate, equal_cost, run_sweep, sweeps
 from progprune.train import validate
 
 
@@ -40,6 +41,36 @@ def test_sweep2_has_the_papers_settings():
         ("vgg19", 0.98),
     }
     assert {r["pruning.method"] for r in runs} == set(sweeps.CIFAR_METHODS)
+    assert len({sweeps.run_name(r) for r in runs}) == len(runs)
+
+
+def test_lenet5_equal_cost_sweep_gives_one_cycle_imps_budget():
+    runs = sweeps.SWEEPS["fmnist_equal_cost_lenet5"]
+    short = min(r["num_epochs"] for r in runs)
+    seeds, levels = (0, 1, 2), (0.9, 0.98)
+    best = "progressive-end0.5-every20"
+    cells = {
+        (r.get("label", r["pruning.method"]), r["pruning.sparsity"], r["num_epochs"], r["seed"])
+        for r in runs
+        if r["pruning.method"] != "imp"
+    }
+    lengths = {
+        "progressive": (short, 3 * short),
+        "gmp": (short, 3 * short),
+        best: (short, 3 * short),
+        "snip": (short,),
+    }
+    expected = {("dense", 0.0, short, seed) for seed in seeds}
+    for method, epochs in lengths.items():
+        expected |= {(method, s, e, seed) for s in levels for e in epochs for seed in seeds}
+    assert cells == expected
+    imp = [r for r in runs if r["pruning.method"] == "imp"]
+    assert [r["seed"] for r in imp] == list(seeds) and len(runs) == len(cells) + len(imp)
+    # The long single cycles cost what IMP's chain to 98% costs: 3 trainings of `short`.
+    assert all(r["imp_chain"] == levels and r["num_epochs"] == short for r in imp)
+    assert all(r["pruning.rewind_step"] == round(0.05 * short * 468) for r in imp)
+    assert all(r["model"] == "lenet5" and r["learning_rate"] == 0.05 for r in runs)
+    assert [r["seed"] for r in runs] == sorted(r["seed"] for r in runs)  # whole seeds first
     assert len({sweeps.run_name(r) for r in runs}) == len(runs)
 
 
@@ -160,3 +191,102 @@ def test_sweep2_runs_end_to_end_on_mock_cifar10(tmp_path, monkeypatch):
             assert g["measured_sparsity"] == pytest.approx(g["sparsity"], abs=1e-4)
     assert {g["model"] for g in groups} == {"resnet18", "vgg_like", "vgg19"}
     assert os.path.exists(tmp_path / "out" / "cifar10_mock.md")
+
+
+def fake_run(sweep_dir, name: str, overrides: dict, summary=None, imp_rounds=None) -> None:
+    """A finished run directory as run_sweep leaves it (only the files the aggregators read)."""
+    run_dir = sweep_dir / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"name": name, "overrides": overrides}))
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    if imp_rounds is not None:
+        (run_dir / "imp_rounds.json").write_text(json.dumps(imp_rounds))
+
+
+def fake_equal_cost_sweep(sweep_dir) -> None:
+    """Model "m", 2 seeds: dense at 10 and 20 epochs, progressive at 10, 20 and 40, GMP at 10
+    (both at 0.9 only), an IMP chain of 10 epochs per round through 0.5 and 0.9."""
+    accuracies = {
+        ("dense", 0.0, 10.0): (0.890, 0.894),
+        ("dense", 0.0, 20.0): (0.900, 0.902),
+        ("progressive", 0.9, 10.0): (0.880, 0.884),
+        ("progressive", 0.9, 20.0): (0.897, 0.901),
+        ("progressive", 0.9, 40.0): (0.905, 0.907),
+        ("gmp", 0.9, 10.0): (0.890, 0.892),
+    }
+    for (method, sparsity, epochs), accs in accuracies.items():
+        for seed, acc in enumerate(accs):
+            run = {"model": "m", "pruning.method": method, "pruning.sparsity": sparsity}
+            run.update(seed=seed, num_epochs=epochs, tag=f"e{epochs:g}")
+            summary = {"eval_accuracy": acc, "sparsity": sparsity, "epochs": epochs}
+            fake_run(sweep_dir, sweeps.run_name(run), run, {**summary, "wall_clock_s": epochs})
+    for seed, (a5, a9) in enumerate(((0.899, 0.898), (0.901, 0.902))):
+        run = {"model": "m", "pruning.method": "imp", "imp_chain": (0.5, 0.9), "seed": seed}
+        rounds = [
+            {"round": k, "target_sparsity": s, "sparsity": s, "eval_accuracy": a, "epochs": 10.0}
+            | {"cumulative_epochs": 10.0 * (k + 1), "cumulative_wall_clock_s": 11.0 * (k + 1)}
+            for k, (s, a) in enumerate(((0.0, 0.89), (0.5, a5), (0.9, a9)))
+        ]
+        fake_run(sweep_dir, sweeps.run_name({**run, "tag": "e10"}), run, imp_rounds=rounds)
+
+
+def test_equal_cost_report_on_a_fake_sweep(tmp_path):
+    fake_equal_cost_sweep(tmp_path / "fake")
+    out = tmp_path / "results"
+    equal_cost.equal_cost(["fake"], str(tmp_path), str(out), "fake_cost")
+    with open(out / "fake_cost.csv") as f:
+        table = {
+            (r["method"], float(r["sparsity"]), float(r["epochs"])): r for r in csv.DictReader(f)
+        }
+    assert set(table) == {
+        ("dense", 0.0, 10.0),
+        ("dense", 0.0, 20.0),
+        ("progressive", 0.9, 10.0),
+        ("progressive", 0.9, 20.0),
+        ("progressive", 0.9, 40.0),
+        ("gmp", 0.9, 10.0),
+        ("imp", 0.5, 20.0),  # IMP levels cost their chain: 2 and 3 trainings of 10 epochs
+        ("imp", 0.9, 30.0),
+    }
+    imp = table[("imp", 0.9, 30.0)]
+    assert (imp["n"], imp["trainings"], imp["training_epochs"], imp["seeds"]) == (
+        "2",
+        "3",
+        "10.0",
+        "0 1",
+    )
+    assert float(imp["accuracy_mean"]) == pytest.approx(90.0, abs=1e-4)
+    assert float(imp["accuracy_std"]) == pytest.approx(0.2828, abs=1e-4)
+    assert float(imp["wall_clock_s"]) == pytest.approx(33.0)
+    assert float(table[("progressive", 0.9, 20.0)]["accuracy_mean"]) == pytest.approx(
+        89.9, abs=1e-4
+    )
+
+    md = (out / "fake_cost.md").read_text()
+    # IMP at 0.9 = 90.00 ± 0.28; the bar is 89.72: progressive's 20-epoch 89.90 is the cheapest
+    # match, GMP (89.10 at 10 epochs) has none.
+    imp_head = "| 0.9 | 90.00 ± 0.28 (30 ep, 10/round) | "
+    match = "progressive, 20 ep (0.67× IMP's): 89.90 ± 0.28 | 20 ep (0.67× IMP's): 89.90 ± 0.28"
+    match += " | none up to 10 epochs |"
+    assert imp_head + match in md
+    # Gaps at IMP's 30 epochs: progressive's runs of 20 and 40 epochs around it, GMP's 10.
+    assert imp_head + "-0.10 (20 ep) / +0.60* (40 ep) | -0.90* (10 ep) |" in md
+    summary = "| m | 0.9 | 90.00 ± 0.28 (30) | 89.90 ± 0.28 (20) / 90.60 ± 0.14 (40) | "
+    assert summary + "89.10 ± 0.14 (10) | progressive, 20 ep (0.67× IMP's): 89.90 ± 0.28 |" in md
+    assert "| 0.9 | progressive | 88.20 ± 0.28 | 89.90 ± 0.28 | 90.60 ± 0.14 |" in md
+    assert "| 0 | dense | 89.20 ± 0.28 | 90.10 ± 0.14 | – |" in md
+    assert "| 0.9 | gmp | 89.10 ± 0.14 | – | – |" in md  # a cell not run is shown, as "–"
+    assert "| 0.9 | -0.90* | – | – |" in md  # progressive − gmp
+    assert "progressive is below gmp in 1 of 1 cells (1 by more than the stds added)" in md
+    assert "| 10 epochs/round | 90.00 ± 0.14 (20 ep) | 90.00 ± 0.28 (30 ep) |" in md
+    assert (out / "fake_cost.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "module", [aggregate, equal_cost, sweeps], ids=lambda m: m.__name__.rsplit(".", 1)[-1]
+)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module.__name__}"
+    assert result.attempted > 0, f"{module.__name__} has no docstring example"

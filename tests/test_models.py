@@ -8,13 +8,15 @@ from __future__ import annotations
 import doctest
 import importlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from progprune import models
+from progprune import data, models
+from progprune.data import idx
 from progprune.models import (
     BasicBlock,
     LeNet5,
@@ -27,6 +29,7 @@ from progprune.models import (
     get_model,
     param_count,
 )
+from progprune.models.pooling import max_pool
 
 MNIST = (2, 28, 28, 1)
 CIFAR = (2, 32, 32, 3)
@@ -360,6 +363,7 @@ def test_big_model_initialisers():
         "progprune.models",
         "progprune.models._common",
         "progprune.models.lenet",
+        "progprune.models.pooling",
         "progprune.models.resnet",
         "progprune.models.tiny",
         "progprune.models.vgg",
@@ -369,3 +373,62 @@ def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
     assert result.attempted > 0, f"{name} has no docstring example"
+
+
+def flax_max_pool(x, window_shape):
+    """The reference: flax's max-pool, whose gradient is XLA's select-and-scatter."""
+    return nn.max_pool(x, window_shape, strides=window_shape)
+
+
+def _pool_inputs():
+    rng = np.random.default_rng(0)
+    ties = rng.integers(0, 3, (3, 7, 9, 4)).astype(np.float32)  # many tied windows
+    ties[0, 0, :4, 0] = [-np.inf, np.inf, np.inf, 0.0]
+    ties[1, :2, :2, 1] = 0.0  # an all-tied window
+    ties[2, :2, :2, 2] = [[1.0, np.nan], [3.0, np.nan]]  # NaNs: the choice passes them over
+    return [rng.standard_normal((2, 6, 6, 3)).astype(np.float32), ties]
+
+
+@pytest.mark.parametrize("window", [(2, 2), (3, 3), (2, 3)])
+@pytest.mark.parametrize("which", [0, 1], ids=["normal", "ties"])
+def test_max_pool_equals_flax_in_value_and_every_derivative(window, which):
+    x = jnp.asarray(_pool_inputs()[which])
+    rng = np.random.default_rng(1)
+    out_shape = flax_max_pool(x, window).shape
+    cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+    tangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def derivatives(pool):
+        value, vjp = jax.vjp(lambda x: pool(x, window), x)
+        jvp = jax.jvp(lambda x: pool(x, window), (x,), (tangent,))[1]
+        grad = lambda x: jax.grad(lambda x: (pool(x, window) ** 2 * cotangent).sum())(x)
+        hvp = jax.jvp(grad, (x,), (tangent,))[1]  # forward-over-reverse, as GraSP computes
+        return value, vjp(cotangent)[0], jvp, hvp
+
+    jax.tree.map(np.testing.assert_array_equal, derivatives(max_pool), derivatives(flax_max_pool))
+
+
+def test_max_pool_tie_goes_to_the_first_element_in_row_major_order():
+    x = jnp.array([[0.0, 5.0, 1.0], [5.0, 5.0, 2.0]]).reshape(1, 2, 3, 1)
+    grad = jax.grad(lambda x: max_pool(x, (2, 2)).sum())(x)
+    # One 2x2 window (the third column is dropped, VALID): its first 5.0 takes the gradient.
+    np.testing.assert_array_equal(grad.reshape(2, 3), [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.skipif(not idx.DEBIAN_FASHION_MNIST.is_dir(), reason="real Fashion-MNIST absent")
+def test_lenet5_equals_the_flax_max_pool_formulation_on_real_data():
+    # Real images: the black background makes conv1's outputs tie inside many pool windows.
+    train = data.load("fashion_mnist", "train")
+    mean, std = data.stats("fashion_mnist")
+    x = data.preprocess(jnp.asarray(train.images[:32]), None, augment=False, mean=mean, std=std)
+    y = jnp.asarray(train.labels[:32])
+    ours, reference = LeNet5(), LeNet5(pool=flax_max_pool)
+    params = _init(ours, x)["params"]
+    # Same parameters, same initialisation.
+    jax.tree.map(np.testing.assert_array_equal, params, _init(reference, x)["params"])
+
+    def loss_and_grad(model):
+        loss = lambda p: _xent(model.apply({"params": p}, x, train=True), y)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    jax.tree.map(np.testing.assert_array_equal, loss_and_grad(ours), loss_and_grad(reference))

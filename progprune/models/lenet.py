@@ -10,11 +10,17 @@ inputs), which is intended: no silent resizing, no error for a sensible input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from progprune.models._common import Dtype, check_nhwc, flatten, lecun_normal, logits_f32
+from progprune.models.pooling import max_pool
+
+# (x, window_shape) -> pooled x, for non-overlapping windows.
+PoolFn = Callable[[jax.Array, tuple[int, int]], jax.Array]
 
 
 class LeNet300100(nn.Module):
@@ -55,7 +61,8 @@ class LeNet5(nn.Module):
     """LeNet-5-Caffe: conv20 5x5 - pool - conv50 5x5 - pool - fc500 - fc10; 431,080 params.
 
     Convolutions are VALID with bias and, as in SNIP and Caffe's LeNet, no activation (the only
-    ReLU is after fc500). Max-pools are 2x2, stride 2.
+    ReLU is after fc500). Max-pools are 2x2, stride 2; by default `pooling.max_pool`, which
+    equals flax's `nn.max_pool` in value and gradient and trains ~1.4x faster on a CPU core.
 
     Raises:
       ValueError: if the input is not NHWC or is smaller than 16x16 (the smallest size for which
@@ -65,6 +72,8 @@ class LeNet5(nn.Module):
       num_classes: Output width.
       dtype: Compute dtype (parameters stay float32); logits are always float32.
       axis_name: Accepted for a uniform interface; unused, as there is no BatchNorm.
+      pool: The max-pool, `(x, window_shape) -> pooled`; `lambda x, w: nn.max_pool(x, w, w)`
+        gives flax's formulation (the tests' and the benchmark's reference).
 
     Example:
       >>> model = LeNet5()
@@ -77,6 +86,7 @@ class LeNet5(nn.Module):
     num_classes: int = 10
     dtype: Dtype = jnp.float32
     axis_name: str | None = None  # Unused (no BatchNorm); every model takes the same fields.
+    pool: PoolFn = max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -92,7 +102,7 @@ class LeNet5(nn.Module):
                 kernel_init=lecun_normal,
                 name=name,
             )(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = self.pool(x, (2, 2))
         x = flatten(x)
         x = nn.Dense(500, dtype=self.dtype, kernel_init=lecun_normal, name="fc1")(x)
         x = nn.relu(x)

@@ -1,0 +1,498 @@
+"""Equal-cost report: one training cycle at several lengths against IMP's chain of trainings.
+
+    python -m experiments.equal_cost --sweep=fmnist_equal_cost_lenet300 \\
+        --sweep=fmnist_equal_cost_lenet5 --name=fmnist_equal_cost
+
+Reads the run directories through ``aggregate.run_rows`` and writes
+``<out>/<name>.{md,csv,png}``. A cell is (model, method, sparsity, epochs of one training):
+mean ± std (ddof=1) of the final test accuracy over seeds, with its whole cost in epochs and
+wall-clock seconds (an IMP level: the chain up to the round that reached it). For each IMP
+level the report names the cheapest single-cycle cell whose mean accuracy is at least IMP's
+mean minus one IMP std, and each single-cycle method's gap to IMP at the longest length that
+costs no more than IMP. A hand-written ``<out>/<name>_notes.md`` is copied in as findings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from collections import defaultdict
+
+from experiments import aggregate
+
+Row = aggregate.Row
+NOT_ONE_CYCLE = ("dense", "imp")  # dense is not sparse; IMP is the many-cycle reference
+CSV_FIELDS = (
+    "model",
+    "method",
+    "sparsity",
+    "training_epochs",
+    "trainings",
+    "epochs",
+    "n",
+    "accuracy_mean",
+    "accuracy_std",
+    "measured_sparsity",
+    "wall_clock_s",
+    "seeds",
+)
+
+
+def cells(rows: list[Row]) -> list[Row]:
+    """Groups rows by (model, method, sparsity, training length); accuracy in %.
+
+    >>> rows = [{"model": "m", "method": "gmp", "sparsity": 0.9, "training_epochs": 10.0,
+    ...          "epochs": 10.0, "seed": s, "accuracy": a, "measured_sparsity": 0.9,
+    ...          "wall_clock_s": 5.0} for s, a in ((0, 0.8), (1, 0.9))]
+    >>> [(c["n"], round(c["accuracy_mean"], 2), c["trainings"]) for c in cells(rows)]
+    [(2, 85.0, 1)]
+    """
+    groups = defaultdict(list)
+    for r in rows:
+        key = (r["model"], r["method"], float(r["sparsity"]), float(r["training_epochs"]))
+        groups[key].append(r)
+    out = []
+    for (model, method, sparsity, training_epochs), rs in groups.items():
+        mean, std = aggregate.mean_std([100.0 * r["accuracy"] for r in rs])
+        epochs = sum(r["epochs"] for r in rs) / len(rs)
+        out.append(
+            {
+                "model": model,
+                "method": method,
+                "sparsity": sparsity,
+                "training_epochs": training_epochs,
+                "trainings": round(epochs / training_epochs),
+                "epochs": epochs,
+                "n": len(rs),
+                "accuracy_mean": mean,
+                "accuracy_std": std,
+                "measured_sparsity": sum(r["measured_sparsity"] for r in rs) / len(rs),
+                "wall_clock_s": sum(r["wall_clock_s"] for r in rs) / len(rs),
+                "seeds": " ".join(str(s) for s in sorted(r["seed"] for r in rs)),
+            }
+        )
+    order = lambda c: (c["model"], c["sparsity"], aggregate._method_rank(c["method"]), c["epochs"])
+    return sorted(out, key=order)
+
+
+def _std(cell: Row) -> float:
+    return 0.0 if math.isnan(cell["accuracy_std"]) else cell["accuracy_std"]
+
+
+def one_cycle(table: list[Row], model: str, sparsity: float) -> list[Row]:
+    """The single-cycle cells of a model at a sparsity (every method and length)."""
+    return [
+        c
+        for c in table
+        if c["model"] == model and c["sparsity"] == sparsity and c["method"] not in NOT_ONE_CYCLE
+    ]
+
+
+def cheapest_match(table: list[Row], imp: Row) -> Row | None:
+    """The single-cycle cell with the fewest total epochs (then the most accurate) whose mean
+    accuracy is at least IMP's mean minus one IMP std; None if there is none.
+
+    >>> imp = {"model": "m", "sparsity": 0.9, "accuracy_mean": 90.0, "accuracy_std": 0.5}
+    >>> cell = lambda m, e, a: {"model": "m", "sparsity": 0.9, "method": m, "epochs": e,
+    ...                         "accuracy_mean": a}
+    >>> cheapest_match([cell("gmp", 10, 89.0), cell("gmp", 20, 89.6), cell("p", 20, 89.8)], imp)
+    {'model': 'm', 'sparsity': 0.9, 'method': 'p', 'epochs': 20, 'accuracy_mean': 89.8}
+    """
+    bar = imp["accuracy_mean"] - _std(imp)
+    matches = [
+        c for c in one_cycle(table, imp["model"], imp["sparsity"]) if c["accuracy_mean"] >= bar
+    ]
+    return min(matches, key=lambda c: (c["epochs"], -c["accuracy_mean"]), default=None)
+
+
+def bracket(table: list[Row], imp: Row, method: str) -> list[Row]:
+    """`method`'s single-cycle cells at IMP's sparsity nearest to IMP's cost: the longest one
+    costing at most IMP's epochs and the shortest costing at least as much (one cell if a run
+    costs exactly that, none where the method was not run).
+
+    >>> imp = {"model": "m", "sparsity": 0.9, "epochs": 30}
+    >>> cell = lambda e: {"model": "m", "sparsity": 0.9, "method": "gmp", "epochs": e}
+    >>> [c["epochs"] for c in bracket([cell(10), cell(20), cell(40), cell(70)], imp, "gmp")]
+    [20, 40]
+    """
+    mine = [c for c in one_cycle(table, imp["model"], imp["sparsity"]) if c["method"] == method]
+    below = max(
+        (c for c in mine if c["epochs"] <= imp["epochs"]), key=lambda c: c["epochs"], default=None
+    )
+    above = min(
+        (c for c in mine if c["epochs"] >= imp["epochs"]), key=lambda c: c["epochs"], default=None
+    )
+    if below is above:
+        return [] if below is None else [below]
+    return [c for c in (below, above) if c is not None]
+
+
+def _acc(c: Row | None) -> str:
+    if c is None:
+        return "–"
+    std = "" if math.isnan(c["accuracy_std"]) else f" ± {c['accuracy_std']:.2f}"
+    return f"{c['accuracy_mean']:.2f}{std}"
+
+
+def _diff(a: Row | None, b: Row | None) -> str:
+    """a − b in pp; '*' when it exceeds the two stds added (a rough, not a statistical, test)."""
+    if a is None or b is None:
+        return "–"
+    d = a["accuracy_mean"] - b["accuracy_mean"]
+    return f"{d:+.2f}{'*' if abs(d) > _std(a) + _std(b) > 0 else ''}"
+
+
+def _methods(table: list[Row], model: str) -> list[str]:
+    found = {c["method"] for c in table if c["model"] == model}
+    return sorted(found - set(NOT_ONE_CYCLE), key=aggregate._method_rank)
+
+
+def _lengths(table: list[Row], model: str) -> list[float]:
+    return sorted(
+        {c["epochs"] for c in table if c["model"] == model and c["method"] not in ("imp",)}
+    )
+
+
+def accuracy_table(table: list[Row], model: str) -> list[str]:
+    """Single-cycle accuracy: one row per (sparsity, method), one column per training length."""
+    lengths = _lengths(table, model)
+    by = {(c["method"], c["sparsity"], c["epochs"]): c for c in table if c["model"] == model}
+    lines = [
+        "| sparsity | method | " + " | ".join(f"{e:g} ep" for e in lengths) + " |",
+        "|---|---|" + "---|" * len(lengths),
+        "| 0 | dense | " + " | ".join(_acc(by.get(("dense", 0.0, e))) for e in lengths) + " |",
+    ]
+    for s in _levels(table, model):
+        for m in _methods(table, model):
+            row = " | ".join(_acc(by.get((m, s, e))) for e in lengths)
+            lines.append(f"| {s:g} | {m} | {row} |")
+    return lines
+
+
+def _levels(table: list[Row], model: str) -> list[float]:
+    """The sparsities a single-cycle method was run at (IMP's chains pass through more)."""
+    mine = [c for c in table if c["model"] == model and c["method"] not in NOT_ONE_CYCLE]
+    return sorted({c["sparsity"] for c in mine})
+
+
+def _imps(table: list[Row], model: str) -> list[Row]:
+    return [c for c in table if c["model"] == model and c["method"] == "imp"]
+
+
+def imp_table(table: list[Row], model: str) -> list[str]:
+    """IMP chains: accuracy at each sparsity, with the total epochs that level cost."""
+    levels = sorted({c["sparsity"] for c in _imps(table, model)})
+    chains = sorted({c["training_epochs"] for c in _imps(table, model)})
+    by = {(c["training_epochs"], c["sparsity"]): c for c in _imps(table, model)}
+    lines = [
+        "| IMP chain | " + " | ".join(f"{s:g}" for s in levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
+    for t in chains:
+        row = [
+            f"{_acc(by[(t, s)])} ({by[(t, s)]['epochs']:g} ep)" if (t, s) in by else "–"
+            for s in levels
+        ]
+        lines.append(f"| {t:g} epochs/round | " + " | ".join(row) + " |")
+    return lines
+
+
+def _imp_levels(table: list[Row], model: str) -> list[Row]:
+    """IMP cells at the sparsities the single-cycle methods were run at."""
+    imps = [c for c in _imps(table, model) if c["sparsity"] in _levels(table, model)]
+    return sorted(imps, key=lambda c: (c["sparsity"], c["training_epochs"]))
+
+
+def _imp_head(imp: Row) -> str:
+    return (
+        f"| {imp['sparsity']:g} | {_acc(imp)} ({imp['epochs']:g} ep, "
+        f"{imp['training_epochs']:g}/round) | "
+    )
+
+
+def _match(table: list[Row], imp: Row, method: str | None = None) -> str:
+    """The cheapest match (of one method, or of any), or "none up to N epochs"."""
+    mine = [c for c in table if method is None or c["method"] == method]
+    match = cheapest_match(mine, imp)
+    if match is None:
+        costs = [c["epochs"] for c in one_cycle(mine, imp["model"], imp["sparsity"])]
+        return f"none up to {max(costs, default=0):g} epochs"
+    name = "" if method else f"{match['method']}, "
+    ratio = match["epochs"] / imp["epochs"]
+    return f"{name}{match['epochs']:g} ep ({ratio:.2g}× IMP's): {_acc(match)}"
+
+
+def match_table(table: list[Row], model: str) -> list[str]:
+    """Per IMP level: the cheapest single-cycle run within one IMP std, of any method and of
+    each method."""
+    methods = _methods(table, model)
+    lines = [
+        "| sparsity | IMP (cost) | cheapest match, any method | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for imp in _imp_levels(table, model):
+        each = [_match(table, imp, m) for m in methods]
+        lines.append(_imp_head(imp) + _match(table, imp) + " | " + " | ".join(each) + " |")
+    return lines
+
+
+def gap_table(table: list[Row], model: str) -> list[str]:
+    """Per IMP level: each method's runs nearest to IMP's cost (`bracket`), minus IMP."""
+    methods = _methods(table, model)
+    lines = [
+        "| sparsity | IMP (cost) | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for imp in _imp_levels(table, model):
+        gaps = []
+        for m in methods:
+            cs = bracket(table, imp, m)
+            gaps.append(" / ".join(f"{_diff(c, imp)} ({c['epochs']:g} ep)" for c in cs) or "–")
+        lines.append(_imp_head(imp) + " | ".join(gaps) + " |")
+    return lines
+
+
+def summary_table(table: list[Row]) -> list[str]:
+    """One row per model and sparsity against the IMP chain of shortest rounds: IMP, each
+    single-cycle method's runs nearest to IMP's epochs (`bracket`), and the cheapest match."""
+    models = sorted({c["model"] for c in table})
+    methods = sorted(
+        {m for model in models for m in _methods(table, model)}, key=aggregate._method_rank
+    )
+    lines = [
+        "| model | sparsity | IMP (epochs) | "
+        + " | ".join(methods)
+        + " | cheapest single cycle within 1 IMP std |",
+        "|---|---|---|" + "---|" * (len(methods) + 1),
+    ]
+    for model in models:
+        imps = _imp_levels(table, model)
+        shortest = min((c["training_epochs"] for c in imps), default=None)
+        for imp in (c for c in imps if c["training_epochs"] == shortest):
+            cells = []
+            for m in methods:
+                cs = bracket(table, imp, m)
+                cells.append(" / ".join(f"{_acc(c)} ({c['epochs']:g})" for c in cs) or "–")
+            head = f"| {model} | {imp['sparsity']:g} | {_acc(imp)} ({imp['epochs']:g}) | "
+            lines.append(head + " | ".join(cells) + f" | {_match(table, imp)} |")
+    return lines
+
+
+def difference_table(table: list[Row], model: str, a: str, b: str) -> list[str]:
+    """`a` − `b` (pp) at every sparsity and length both were run at."""
+    by = {(c["method"], c["sparsity"], c["epochs"]): c for c in table if c["model"] == model}
+    lengths = [e for e in _lengths(table, model) if any(k[0] == a and k[2] == e for k in by)]
+    lines = [
+        f"| {a} − {b} | " + " | ".join(f"{e:g} ep" for e in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for s in _levels(table, model):
+        row = " | ".join(_diff(by.get((a, s, e)), by.get((b, s, e))) for e in lengths)
+        lines.append(f"| {s:g} | {row} |")
+    return lines
+
+
+def tally(table: list[Row], model: str, a: str, b: str) -> str:
+    """How often `a` is below `b` over the cells both were run at (and how often clearly)."""
+    by = {(c["method"], c["sparsity"], c["epochs"]): c for c in table if c["model"] == model}
+    pairs = [(c, by[(b, s, e)]) for (m, s, e), c in by.items() if m == a and (b, s, e) in by]
+    below = [p for p in pairs if p[0]["accuracy_mean"] < p[1]["accuracy_mean"]]
+    clear = [p for p in below if _diff(*p).endswith("*")]
+    return (
+        f"{a} is below {b} in {len(below)} of {len(pairs)} cells "
+        f"({len(clear)} by more than the stds added)"
+    )
+
+
+def write_csv(path: str, table: list[Row]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for c in table:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in c.items()})
+
+
+def wall_table(table: list[Row], model: str) -> list[str]:
+    """Wall-clock seconds (mean over seeds) of every cell, IMP levels included."""
+    lines = ["| sparsity | method | cost: epochs → wall-clock s |", "|---|---|---|"]
+    mine = [c for c in table if c["model"] == model]
+    for s in sorted({c["sparsity"] for c in mine}):
+        for m in sorted(
+            {c["method"] for c in mine if c["sparsity"] == s}, key=aggregate._method_rank
+        ):
+            costs = sorted(
+                (c["epochs"], c["wall_clock_s"])
+                for c in mine
+                if (c["method"], c["sparsity"]) == (m, s)
+            )
+            lines.append(
+                f"| {s:g} | {m} | " + ", ".join(f"{e:g} → {w:.0f}" for e, w in costs) + " |"
+            )
+    return lines
+
+
+def model_section(table: list[Row], model: str) -> list[str]:
+    """Every table of one model."""
+    seeds = sorted({c["n"] for c in table if c["model"] == model})
+    lines = [f"## {model}", "", f"Seeds per cell: {', '.join(map(str, seeds))}.", ""]
+    lines += aggregate._table(
+        "Single cycle: test accuracy (%) by training length", accuracy_table(table, model)
+    )
+    lines += aggregate._table(
+        "IMP chains: test accuracy (%) (total epochs of the chain up to that level)",
+        imp_table(table, model),
+    )
+    note = "A match: a mean accuracy ≥ IMP's mean − IMP's std; the cheapest in total epochs."
+    lines += aggregate._table("Does one cycle match IMP?", match_table(table, model), note)
+    note = (
+        "Each method's runs nearest to the epochs of IMP's chain to that level (the longest "
+        "costing at most as much / the shortest costing at least as much; one run if it costs "
+        "the same), minus IMP (pp); `*`: the difference exceeds the two stds added."
+    )
+    lines += aggregate._table("Gap to IMP at IMP's cost", gap_table(table, model), note)
+    methods = _methods(table, model)
+    for a, b in (("progressive", "gmp"), ("progressive-end0.5-every20", "progressive")):
+        if a in methods and b in methods:
+            lines += aggregate._table(
+                f"{a} − {b} (pp)",
+                difference_table(table, model, a, b),
+                tally(table, model, a, b) + ".",
+            )
+    return lines + aggregate._table("Cost", wall_table(table, model))
+
+
+def plot(path: str, table: list[Row]) -> None:
+    """Accuracy vs total epochs and vs wall-clock: a row pair per model, a column per sparsity;
+    single-cycle methods as lines over their lengths, dense dashed, IMP levels as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({c["model"] for c in table})
+    cols = max(len(_levels(table, m)) for m in models)
+    fig, axes = plt.subplots(
+        2 * len(models), cols, figsize=(4.2 * cols, 3.4 * 2 * len(models)), squeeze=False
+    )
+    for i, model in enumerate(models):
+        for j in range(cols):
+            for k, x in enumerate(("epochs", "wall_clock_s")):
+                ax = axes[2 * i + k][j]
+                levels = _levels(table, model)
+                if j >= len(levels):
+                    ax.set_visible(False)
+                    continue
+                _panel(ax, table, model, levels[j], x)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _panel(ax, table: list[Row], model: str, sparsity: float, x: str) -> None:
+    err = lambda cs: [_std(c) for c in cs]
+    dense = sorted(
+        (c for c in table if (c["model"], c["method"]) == (model, "dense")), key=lambda c: c[x]
+    )
+    ax.errorbar(
+        [c[x] for c in dense],
+        [c["accuracy_mean"] for c in dense],
+        yerr=err(dense),
+        color="k",
+        ls="--",
+        lw=1,
+        label="dense",
+    )
+    for m in _methods(table, model):
+        cs = sorted(
+            (c for c in one_cycle(table, model, sparsity) if c["method"] == m), key=lambda c: c[x]
+        )
+        ax.errorbar(
+            [c[x] for c in cs],
+            [c["accuracy_mean"] for c in cs],
+            yerr=err(cs),
+            marker="o",
+            ms=3,
+            capsize=2,
+            label=m,
+        )
+    for imp in _imps(table, model):
+        if imp["sparsity"] == sparsity:
+            ax.errorbar(
+                [imp[x]],
+                [imp["accuracy_mean"]],
+                yerr=[_std(imp)],
+                marker="*",
+                ms=11,
+                ls="none",
+                capsize=3,
+                label=f"IMP {imp['training_epochs']:g} ep/round",
+            )
+    ax.set_xlabel("total training epochs" if x == "epochs" else "total wall-clock (s, one core)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{model}, sparsity {sparsity:g}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def report(name: str, sweep_dirs: list[str], table: list[Row], notes: str | None) -> str:
+    sweeps = " ".join(f"--sweep={os.path.basename(d)}" for d in sweep_dirs)
+    lines = [
+        f"# Equal cost: `{name}`",
+        "",
+        f"Generated by `python -m experiments.equal_cost {sweeps} --name={name}`. Accuracy: "
+        "top-1 test accuracy (%) at the end of training, mean ± std (ddof=1) over seeds. "
+        "Cost: epochs (and wall-clock) of every training a result needed; an IMP level costs "
+        "its chain up to the round that reached it.",
+        "",
+        "## Runs",
+        "",
+    ]
+    for d in sweep_dirs:
+        lines += [f"`{os.path.basename(d)}`:", "", *aggregate.invocation_lines(d), ""]
+    note = (
+        "Test accuracy (%) against the IMP chain with the shortest rounds. Single-cycle "
+        "cells: the runs nearest to IMP's cost, the longest costing at most IMP's epochs / the "
+        "shortest costing at least as much (total epochs in brackets)."
+    )
+    lines += aggregate._table("Summary", summary_table(table), note)
+    if notes:
+        lines += ["## Findings", "", notes.strip(), ""]
+    for model in sorted({c["model"] for c in table}):
+        lines += model_section(table, model)
+    return "\n".join([*lines, f"![accuracy vs cost]({name}.png)", ""])
+
+
+def equal_cost(sweeps: list[str], root: str, out: str, name: str) -> list[Row]:
+    """Writes ``<out>/<name>.{md,csv,png}`` from the sweeps' run directories; returns the cells."""
+    sweep_dirs = [os.path.join(root, s) for s in sweeps]
+    table = cells([row for d in sweep_dirs for row in aggregate.collect(d)])
+    if not table:
+        raise FileNotFoundError(f"no finished runs under {', '.join(sweep_dirs)}")
+    os.makedirs(out, exist_ok=True)
+    write_csv(os.path.join(out, f"{name}.csv"), table)
+    plot(os.path.join(out, f"{name}.png"), table)
+    notes_file = os.path.join(out, f"{name}_notes.md")
+    notes = None
+    if os.path.exists(notes_file):
+        with open(notes_file) as f:
+            notes = f.read()
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(report(name, sweep_dirs, table, notes))
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", action="append", required=True, help="sweep (repeatable)")
+    parser.add_argument("--root", default="workdirs", help="parent of the sweep directories")
+    parser.add_argument("--out", default="experiments/results", help="for the .md, .csv, .png")
+    parser.add_argument("--name", default="fmnist_equal_cost", help="file name of the outputs")
+    args = parser.parse_args(argv)
+    table = equal_cost(args.sweep, args.root, args.out, args.name)
+    print(f"{len(table)} cells -> {args.out}/{args.name}.md, .csv, .png")
+
+
+if __name__ == "__main__":
+    main()
