@@ -1,0 +1,369 @@
+"""Mutation testing: plant one small bug at a time in a module and check that the tests see it.
+
+Each mutant changes one place of the module's syntax tree: an arithmetic, bitwise, comparison or
+boolean operator swapped for a neighbour (``<`` -> ``<=``, ``+`` -> ``-``, ``and`` -> ``or``), a
+numeric constant moved by one, ``True``/``False`` swapped, a ``not``/``~``/unary minus dropped,
+``minimum``/``maximum`` (and the like) swapped, an ``if`` condition negated, a ``for`` loop over
+``range(...)`` cut to one round, or a statement
+(a call, an assignment, a ``raise``) replaced by ``pass``. Docstrings, strings, annotations and
+lines marked ``# no mutate`` are left alone.
+
+For every mutant the chosen tests run in a scratch copy of the repository (never in the working
+tree) with ``pytest -x`` and a timeout. A mutant is *killed* when the tests fail, *survived*
+when they pass, *timeout* when they run past the limit (an infinite loop, counted as caught),
+and *invalid* when the mutated module does not compile (not run, not counted).
+
+Usage (CPU heavy: one pytest process per mutant; pin it where it disturbs nothing)::
+
+    nice -n 10 taskset -c 0 python tools/mutate.py progprune/select.py \
+        --tests tests/test_masks.py tests/test_select.py \
+        --out experiments/results/mutation/select.json
+
+    python tools/mutate.py progprune/select.py --list          # the mutants, without running
+    python tools/mutate.py progprune/select.py --tests ... --ids 12 40 --show   # rerun a few
+
+The JSON written holds the git commit the run started from (``-dirty`` if the tree had
+uncommitted changes), the tests, per-mutant status and the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parent.parent
+
+# One replacement per operator: the neighbour a slip of the pen would produce.
+BINOP_SWAP = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+    ast.BitXor: ast.BitOr,
+    ast.MatMult: ast.Mult,
+}
+COMPARE_SWAP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+NAME_SWAP = {
+    "minimum": "maximum",
+    "maximum": "minimum",
+    "min": "max",
+    "max": "min",
+    "any": "all",
+    "all": "any",
+    "floor": "ceil",
+    "ceil": "floor",
+    "argmin": "argmax",
+    "argmax": "argmin",
+}
+SKIP_MARK = "# no mutate"
+
+
+class Mutant(NamedTuple):
+    id: int
+    line: int
+    col: int
+    kind: str
+    description: str
+
+
+def _is_docstring(node: ast.AST, parent: ast.AST | None) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        and isinstance(parent, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+    )
+
+
+def _targets_all(node: ast.Assign) -> bool:
+    return any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+
+
+def _walk(tree: ast.AST):
+    """Nodes that may be mutated, in a fixed order, with their parent; skips annotations,
+    docstrings, f-strings and the messages of raised errors."""
+    stack: list[tuple[ast.AST, ast.AST | None]] = [(tree, None)]
+    while stack:
+        node, parent = stack.pop()
+        yield node, parent
+        children = []
+        for field, value in ast.iter_fields(node):
+            if field in ("annotation", "returns", "type_comment", "decorator_list"):
+                continue
+            if isinstance(node, ast.Raise) and field in ("exc", "cause"):
+                continue  # the error's message and type; raising at all is still mutated
+            if isinstance(node, ast.keyword) and node.arg == "strict":
+                continue  # zip(..., strict=True) only adds a check
+            if isinstance(node, ast.Assign) and _targets_all(node):
+                continue
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, ast.AST) and not isinstance(item, ast.JoinedStr):
+                    children.append(item)
+        stack.extend((c, node) for c in reversed(children))
+
+
+def _is_range(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (node.func.id == "range")
+    )
+
+
+def _mutations(node: ast.AST, parent: ast.AST | None) -> list[tuple[str, str]]:
+    """(kind, description) of every mutation this node offers."""
+    out = []
+    if isinstance(node, ast.BinOp | ast.AugAssign) and type(node.op) in BINOP_SWAP:
+        new = BINOP_SWAP[type(node.op)]
+        out.append(("binop", f"{type(node.op).__name__} -> {new.__name__}"))
+    elif isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in COMPARE_SWAP:
+                out.append(
+                    ("compare", f"{i}:{type(op).__name__} -> {COMPARE_SWAP[type(op)].__name__}")
+                )
+    elif isinstance(node, ast.BoolOp):
+        new = "Or" if isinstance(node.op, ast.And) else "And"
+        out.append(("boolop", f"{type(node.op).__name__} -> {new}"))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.Invert | ast.USub):
+        out.append(("unary", f"drop {type(node.op).__name__}"))
+    elif isinstance(node, ast.Constant):
+        if isinstance(node.value, bool):
+            out.append(("constant", f"{node.value} -> {not node.value}"))
+        elif isinstance(node.value, int | float) and not isinstance(parent, ast.Expr):
+            out.append(("constant", f"{node.value!r} -> {node.value + 1!r}"))
+    elif isinstance(node, ast.Attribute | ast.Name):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id
+        if name in NAME_SWAP and isinstance(node.ctx, ast.Load):
+            out.append(("name", f"{name} -> {NAME_SWAP[name]}"))
+    if isinstance(node, ast.If | ast.While | ast.IfExp):
+        out.append(("condition", "negate condition"))
+    if isinstance(node, ast.For) and _is_range(node.iter):
+        out.append(("loop", "range(...) -> range(1)"))
+    statement = isinstance(node, ast.Expr | ast.Assign | ast.AugAssign | ast.Raise | ast.AnnAssign)
+    exported = isinstance(node, ast.Assign) and _targets_all(node)
+    if statement and not exported and not _is_docstring(node, parent):
+        out.append(("delete", f"{type(node).__name__} -> pass"))
+    return out
+
+
+def _apply(node: ast.AST, kind: str, description: str) -> ast.AST:
+    """Mutates ``node`` in place (or returns its replacement)."""
+    if kind == "binop":
+        node.op = BINOP_SWAP[type(node.op)]()
+    elif kind == "compare":
+        i = int(description.split(":")[0])
+        node.ops[i] = COMPARE_SWAP[type(node.ops[i])]()
+    elif kind == "boolop":
+        node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+    elif kind == "unary":
+        return node.operand
+    elif kind == "constant":
+        node.value = (not node.value) if isinstance(node.value, bool) else node.value + 1
+    elif kind == "name":
+        if isinstance(node, ast.Attribute):
+            node.attr = NAME_SWAP[node.attr]
+        else:
+            node.id = NAME_SWAP[node.id]
+    elif kind == "condition":
+        node.test = ast.UnaryOp(op=ast.Not(), operand=node.test)
+    elif kind == "loop":
+        node.iter = ast.Call(ast.Name("range", ast.Load()), [ast.Constant(1)], [])
+    elif kind == "delete":
+        return ast.Pass()
+    return node
+
+
+def enumerate_mutants(source: str) -> list[Mutant]:
+    """Every mutant of a module's source, numbered in a fixed order."""
+    lines = source.splitlines()
+    out = []
+    for node, parent in _walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if line and SKIP_MARK in lines[line - 1]:
+            continue
+        for kind, description in _mutations(node, parent):
+            out.append(Mutant(len(out), line, getattr(node, "col_offset", 0), kind, description))
+    return out
+
+
+class _Replace(ast.NodeTransformer):
+    def __init__(self, target: ast.AST, kind: str, description: str):
+        self.target, self.kind, self.description = target, kind, description
+
+    def generic_visit(self, node):
+        if node is self.target:
+            return _apply(node, self.kind, self.description)
+        return super().generic_visit(node)
+
+
+def mutant_source(source: str, mutant: Mutant) -> str:
+    """The module's source with ``mutant`` applied (re-enumerated the same way)."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    count = 0
+    for node, parent in _walk(tree):
+        line = getattr(node, "lineno", 0)
+        if line and SKIP_MARK in lines[line - 1]:
+            continue
+        for kind, description in _mutations(node, parent):
+            if count == mutant.id:
+                tree = _Replace(node, kind, description).visit(copy.copy(tree))
+                return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+            count += 1
+    raise IndexError(f"no mutant {mutant.id}")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def scratch_copy() -> Path:
+    """A copy of the working tree's tracked and unignored files, outside the repository."""
+    dest = Path(tempfile.mkdtemp(prefix="progprune-mutate-"))
+    for name in _git("ls-files", "-co", "--exclude-standard").splitlines():
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_tests(workdir: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
+    """(status, seconds, last output lines) of one pytest run."""
+    env = dict(os.environ)
+    # Unchanged functions compile once for all mutants.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mutate-jax"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.time()
+    try:
+        out = subprocess.run(
+            cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - start, ""
+    tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-3:])
+    status = "survived" if out.returncode == 0 else "killed"
+    if out.returncode not in (0, 1):  # collection errors, crashes: the tests saw it too
+        status = "killed"
+    return status, time.time() - start, tail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("module", help="path of the module to mutate, e.g. progprune/select.py")
+    parser.add_argument("--tests", nargs="+", default=[], help="pytest arguments (files, -k ...)")
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per mutant (0: auto)")
+    parser.add_argument("--ids", type=int, nargs="*", help="run only these mutants")
+    parser.add_argument("--out", help="JSON file for the results")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--show", action="store_true", help="print each mutant's changed lines")
+    args = parser.parse_args()
+
+    source = (REPO / args.module).read_text()
+    mutants = enumerate_mutants(source)
+    lines = source.splitlines()
+    if args.list:
+        for m in mutants:
+            print(
+                f"{m.id:4d} {args.module}:{m.line} {m.kind:9s} {m.description:28s} "
+                f"{lines[m.line - 1].strip()[:70]}"
+            )
+        print(f"{len(mutants)} mutants")
+        return
+    if not args.tests:
+        parser.error("--tests is required unless --list")
+    chosen = [m for m in mutants if args.ids is None or m.id in args.ids]
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    commit = _git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
+    work = scratch_copy()
+    target = work / args.module
+    try:
+        status, baseline, tail = run_tests(work, args.tests, timeout=1800)
+        if status != "survived":
+            sys.exit(f"the tests fail without any mutant:\n{tail}")
+        timeout = args.timeout or max(3 * baseline, baseline + 60)
+        print(
+            f"{len(chosen)} mutants; baseline {baseline:.1f} s; timeout {timeout:.0f} s", flush=True
+        )
+        results = []
+        for m in chosen:
+            mutated = mutant_source(source, m)
+            try:
+                compile(mutated, args.module, "exec")
+            except SyntaxError:
+                results.append({**m._asdict(), "status": "invalid", "seconds": 0.0})
+                continue
+            target.write_text(mutated)
+            status, seconds, tail = run_tests(work, args.tests, timeout)
+            target.write_text(source)
+            snippet = lines[m.line - 1].strip()
+            results.append(
+                {**m._asdict(), "source": snippet, "status": status, "seconds": round(seconds, 1)}
+            )
+            print(
+                f"{m.id:4d} {status:8s} {seconds:6.1f}s {args.module}:{m.line} "
+                f"{m.description:28s} {snippet[:60]}",
+                flush=True,
+            )
+            if args.show and status == "survived":
+                print(tail)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    totals = {
+        s: sum(r["status"] == s for r in results)
+        for s in ("killed", "survived", "timeout", "invalid")
+    }
+    print(f"{len(results)} mutants: {totals}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "module": args.module,
+                    "commit": commit,
+                    "tests": args.tests,
+                    "baseline_seconds": round(baseline, 1),
+                    "timeout_seconds": round(timeout, 1),
+                    "generated": len(results),
+                    **totals,
+                    "mutants": results,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
