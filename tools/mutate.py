@@ -4,9 +4,8 @@ Each mutant changes one place of the module's syntax tree: an arithmetic, bitwis
 boolean operator swapped for a neighbour (``<`` -> ``<=``, ``+`` -> ``-``, ``and`` -> ``or``), a
 numeric constant moved by one, ``True``/``False`` swapped, a ``not``/``~``/unary minus dropped,
 ``minimum``/``maximum`` (and the like) swapped, an ``if`` condition negated, a ``for`` loop over
-``range(...)`` cut to one round, or a statement
-(a call, an assignment, a ``raise``) replaced by ``pass``. Docstrings, strings, annotations and
-lines marked ``# no mutate`` are left alone.
+``range(...)`` cut to one round, or a statement (a call, an assignment, a ``raise``) replaced by
+``pass``. Docstrings, strings, annotations and lines marked ``# no mutate`` are left alone.
 
 For every mutant the chosen tests run in a scratch copy of the repository (never in the working
 tree) with ``pytest -x`` and a timeout. A mutant is *killed* when the tests fail, *survived*
@@ -16,14 +15,17 @@ and *invalid* when the mutated module does not compile (not run, not counted).
 Usage (CPU heavy: one pytest process per mutant; pin it where it disturbs nothing)::
 
     nice -n 10 taskset -c 0 python tools/mutate.py progprune/select.py \
-        --tests tests/test_masks.py tests/test_select.py \
         --out experiments/results/mutation/select.json
 
     python tools/mutate.py progprune/select.py --list          # the mutants, without running
-    python tools/mutate.py progprune/select.py --tests ... --ids 12 40 --show   # rerun a few
+    python tools/mutate.py progprune/select.py --ids 12 40 \
+        --out experiments/results/mutation/select.json        # rerun a few, merged in
 
-The JSON written holds the git commit the run started from (``-dirty`` if the tree had
-uncommitted changes), the tests, per-mutant status and the totals.
+The tests default to the module's entry in ``SUITES`` (``--tests`` chooses others).
+
+The JSON report holds the git commit the run started from (``-dirty`` if tracked files had
+uncommitted changes), the tests, each mutant's status and the totals; it is rewritten after
+every mutant, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -84,6 +86,28 @@ NAME_SWAP = {
     "argmax": "argmin",
 }
 SKIP_MARK = "# no mutate"
+
+# The fast tests that specify each core module: what a mutant of it must fail (first tests
+# first: pytest -x stops at the first failure, so the quickest discriminating tests lead).
+SUITES = {
+    "progprune/select.py": ["tests/test_select.py", "tests/test_masks.py"],
+    "progprune/masks.py": ["tests/test_masks.py", "tests/test_core_doctests.py"],
+    "progprune/optimizer.py": ["tests/test_optimizer.py", "tests/test_core_doctests.py"],
+    "progprune/schedules.py": ["tests/test_schedules.py", "tests/test_core_doctests.py"],
+    "progprune/distributions.py": [
+        "tests/test_distributions.py",
+        "tests/test_masks.py",
+        "tests/test_core_doctests.py",
+    ],
+    "progprune/train/checkpoint.py": [
+        "tests/test_checkpoint.py",
+        "tests/test_train.py::test_nan_stops_with_message_and_keeps_last_good_checkpoint",
+        "tests/test_train.py::test_workdir_of_a_different_run_is_refused",
+        "tests/test_train.py::test_rerun_of_finished_run_resumes_nothing",
+        "tests/test_train_resume.py::test_corrupt_latest_checkpoint_falls_back_and_finishes_identically",
+        "tests/test_train_resume.py::test_tampered_checkpoint_is_detected_by_checksum",
+    ],
+}
 
 
 class Mutant(NamedTuple):
@@ -279,21 +303,73 @@ def run_tests(workdir: Path, tests: list[str], timeout: float) -> tuple[str, flo
     return status, time.time() - start, tail
 
 
+def _write(path: Path, report: dict, results: list[dict]) -> None:
+    """Writes the report with ``results`` merged into its mutants (by id) and totals redone."""
+    by_id = {r["id"]: r for r in report.get("mutants", [])}
+    by_id.update({r["id"]: r for r in results})
+    report["mutants"] = [by_id[i] for i in sorted(by_id)]
+    counted = [r for r in report["mutants"] if r["status"] != "invalid"]
+    report["generated"] = len(report["mutants"])
+    for status in ("killed", "survived", "timeout", "invalid"):
+        report[status] = sum(r["status"] == status for r in report["mutants"])
+    report["caught_fraction"] = round(
+        sum(r["status"] != "survived" for r in counted) / max(len(counted), 1), 4
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def run_mutants(module: str, mutants: list[Mutant], tests: list[str], timeout: float, out):
+    """Runs each mutant in a scratch copy; yields one result dict per mutant."""
+    source = (REPO / module).read_text()
+    lines = source.splitlines()
+    work = scratch_copy()
+    target = work / module
+    try:
+        status, baseline, tail = run_tests(work, tests, timeout=1800)
+        if status != "survived":
+            sys.exit(f"the tests fail without any mutant:\n{tail}")
+        timeout = timeout or max(3 * baseline, baseline + 60)
+        print(f"{len(mutants)} mutants; baseline {baseline:.1f} s; timeout {timeout:.0f} s")
+        out.update(baseline_seconds=round(baseline, 1), timeout_seconds=round(timeout, 1))
+        for m in mutants:
+            mutated = mutant_source(source, m)
+            snippet = lines[m.line - 1].strip()
+            result = {**m._asdict(), "source": snippet, "commit": out["run_commit"]}
+            try:
+                compile(mutated, module, "exec")
+            except SyntaxError:
+                yield {**result, "status": "invalid", "seconds": 0.0}
+                continue
+            target.write_text(mutated)
+            status, seconds, tail = run_tests(work, tests, timeout)
+            target.write_text(source)
+            print(
+                f"{m.id:4d} {status:8s} {seconds:6.1f}s {module}:{m.line} "
+                f"{m.description:28s} {snippet[:60]}",
+                flush=True,
+            )
+            yield {**result, "status": status, "seconds": round(seconds, 1), "tail": tail}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("module", help="path of the module to mutate, e.g. progprune/select.py")
-    parser.add_argument("--tests", nargs="+", default=[], help="pytest arguments (files, -k ...)")
+    parser.add_argument(
+        "--tests", nargs="+", help="pytest arguments (default: the module's entry in SUITES)"
+    )
     parser.add_argument("--timeout", type=float, default=0, help="seconds per mutant (0: auto)")
     parser.add_argument("--ids", type=int, nargs="*", help="run only these mutants")
-    parser.add_argument("--out", help="JSON file for the results")
+    parser.add_argument("--out", help="JSON report; with --ids, the rerun mutants are merged in")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--show", action="store_true", help="print each mutant's changed lines")
     args = parser.parse_args()
 
     source = (REPO / args.module).read_text()
     mutants = enumerate_mutants(source)
-    lines = source.splitlines()
     if args.list:
+        lines = source.splitlines()
         for m in mutants:
             print(
                 f"{m.id:4d} {args.module}:{m.line} {m.kind:9s} {m.description:28s} "
@@ -301,68 +377,28 @@ def main() -> None:
             )
         print(f"{len(mutants)} mutants")
         return
-    if not args.tests:
-        parser.error("--tests is required unless --list")
+    tests = args.tests or SUITES.get(args.module)
+    if not tests:
+        parser.error(f"--tests is required: {args.module} has no entry in SUITES")
     chosen = [m for m in mutants if args.ids is None or m.id in args.ids]
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     commit = _git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
-    work = scratch_copy()
-    target = work / args.module
-    try:
-        status, baseline, tail = run_tests(work, args.tests, timeout=1800)
-        if status != "survived":
-            sys.exit(f"the tests fail without any mutant:\n{tail}")
-        timeout = args.timeout or max(3 * baseline, baseline + 60)
-        print(
-            f"{len(chosen)} mutants; baseline {baseline:.1f} s; timeout {timeout:.0f} s", flush=True
-        )
-        results = []
-        for m in chosen:
-            mutated = mutant_source(source, m)
-            try:
-                compile(mutated, args.module, "exec")
-            except SyntaxError:
-                results.append({**m._asdict(), "status": "invalid", "seconds": 0.0})
-                continue
-            target.write_text(mutated)
-            status, seconds, tail = run_tests(work, args.tests, timeout)
-            target.write_text(source)
-            snippet = lines[m.line - 1].strip()
-            results.append(
-                {**m._asdict(), "source": snippet, "status": status, "seconds": round(seconds, 1)}
-            )
-            print(
-                f"{m.id:4d} {status:8s} {seconds:6.1f}s {args.module}:{m.line} "
-                f"{m.description:28s} {snippet[:60]}",
-                flush=True,
-            )
-            if args.show and status == "survived":
-                print(tail)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    totals = {
-        s: sum(r["status"] == s for r in results)
-        for s in ("killed", "survived", "timeout", "invalid")
-    }
-    print(f"{len(results)} mutants: {totals}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(
-            json.dumps(
-                {
-                    "module": args.module,
-                    "commit": commit,
-                    "tests": args.tests,
-                    "baseline_seconds": round(baseline, 1),
-                    "timeout_seconds": round(timeout, 1),
-                    "generated": len(results),
-                    **totals,
-                    "mutants": results,
-                },
-                indent=1,
-            )
-            + "\n"
-        )
+    out = Path(args.out) if args.out else None
+    report = {"module": args.module, "commit": commit, "tests": tests}
+    if out and args.ids is not None and out.exists():  # a rerun of a few: keep the rest
+        report = json.loads(out.read_text())
+        report.setdefault("reruns", []).append({"commit": commit, "ids": args.ids, "tests": tests})
+    report["run_commit"] = commit
+    results = []
+    for result in run_mutants(args.module, chosen, tests, args.timeout, report):
+        results.append(result)
+        if out:  # after every mutant, so an interrupted run keeps what it measured
+            _write(out, report, results)
+    totals = {s: sum(r["status"] == s for r in results) for s in ("killed", "survived", "timeout")}
+    print(f"{len(results)} mutants run: {totals}")
+    for r in results:
+        if r["status"] == "survived":
+            print(f"survived {r['id']:4d} line {r['line']}: {r['description']}: {r['source']}")
 
 
 if __name__ == "__main__":
