@@ -7,8 +7,9 @@ numeric constant moved by one, ``True``/``False`` swapped, a ``not``/``~``/unary
 ``range(...)`` cut to one round, or a statement (a call, an assignment, a ``raise``) replaced by
 ``pass``. Docstrings, strings, annotations and lines marked ``# no mutate`` are left alone.
 
-For every mutant the chosen tests run in a scratch copy of the repository (never in the working
-tree) with ``pytest -x`` and a timeout. A mutant is *killed* when the tests fail, *survived*
+For every mutant the chosen tests run with ``pytest -x`` and a timeout in a scratch copy of the
+last commit (``git archive HEAD``: never in the working tree, and uncommitted edits are not
+part of the run). A mutant is *killed* when the tests fail, *survived*
 when they pass, *timeout* when they run past the limit (an infinite loop, counted as caught),
 and *invalid* when the mutated module does not compile (not run, not counted).
 
@@ -23,9 +24,8 @@ Usage (CPU heavy: one pytest process per mutant; pin it where it disturbs nothin
 
 The tests default to the module's entry in ``SUITES`` (``--tests`` chooses others).
 
-The JSON report holds the git commit the run started from (``-dirty`` if tracked files had
-uncommitted changes), the tests, each mutant's status and the totals; it is rewritten after
-every mutant, so an interrupted run keeps what it measured.
+The JSON report holds the commit that was mutated, the tests, each mutant's status and the
+totals; it is rewritten after every mutant, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -271,14 +271,11 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
-def scratch_copy() -> Path:
-    """A copy of the working tree's tracked and unignored files, outside the repository."""
+def scratch_copy(commit: str) -> Path:
+    """The files of ``commit``, outside the repository: edits made meanwhile change nothing."""
     dest = Path(tempfile.mkdtemp(prefix="progprune-mutate-"))
-    for name in _git("ls-files", "-co", "--exclude-standard").splitlines():
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
 
 
@@ -320,11 +317,11 @@ def _write(path: Path, report: dict, results: list[dict]) -> None:
 
 
 def run_mutants(module: str, mutants: list[Mutant], tests: list[str], timeout: float, out):
-    """Runs each mutant in a scratch copy; yields one result dict per mutant."""
-    source = (REPO / module).read_text()
-    lines = source.splitlines()
-    work = scratch_copy()
+    """Runs each mutant in a scratch copy of the commit; yields one result dict per mutant."""
+    work = scratch_copy(out["run_commit"])
     target = work / module
+    source = target.read_text()
+    lines = source.splitlines()
     try:
         status, baseline, tail = run_tests(work, tests, timeout=1800)
         if status != "survived":
@@ -366,7 +363,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = parser.parse_args()
 
-    source = (REPO / args.module).read_text()
+    commit = _git("rev-parse", "HEAD")
+    source = _git("show", f"{commit}:{args.module}") + "\n"
     mutants = enumerate_mutants(source)
     if args.list:
         lines = source.splitlines()
@@ -381,8 +379,6 @@ def main() -> None:
     if not tests:
         parser.error(f"--tests is required: {args.module} has no entry in SUITES")
     chosen = [m for m in mutants if args.ids is None or m.id in args.ids]
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    commit = _git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
     out = Path(args.out) if args.out else None
     report = {"module": args.module, "commit": commit, "tests": tests}
     if out and args.ids is not None and out.exists():  # a rerun of a few: keep the rest
