@@ -56,9 +56,9 @@ def pruning_setup(
       A `PruningSetup`; its schedule is None for fixed-mask methods.
 
     Example:
-      >>> from configs.default import get_pruning_config  # doctest: +SKIP
-      >>> setup = pruning_setup(get_pruning_config(), 1000, 100)  # doctest: +SKIP
-      >>> setup.update_every, float(setup.schedule(750))  # doctest: +SKIP
+      >>> from configs.default import get_pruning_config
+      >>> setup = pruning_setup(get_pruning_config(), 1000, 100)
+      >>> setup.update_every, round(float(setup.schedule(750)), 6)
       (50, 0.9)
     """
     _check_method(pruning.method)
@@ -99,7 +99,14 @@ def initial_masks(
       rng: key for the random method.
 
     Example:
-      >>> masks = initial_masks(cfg, params, loss_fn, batches, jax.random.key(0))  # doctest: +SKIP
+      >>> from configs.default import get_pruning_config
+      >>> cfg = get_pruning_config()
+      >>> cfg.method, cfg.sparsity = "snip", 0.5
+      >>> loss_fn = lambda p, x: jnp.sum((x @ p["w"]) ** 2)
+      >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+      >>> masks = initial_masks(cfg, params, loss_fn, [jnp.ones((1, 2))], jax.random.key(0))
+      >>> masks["w"].tolist()
+      [[False, True], [False, True]]
     """
     _check_method(pruning.method)
     kw = {"prunable": pruning.prunable}
