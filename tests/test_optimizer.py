@@ -263,6 +263,37 @@ def test_masks_recomputed_only_on_update_steps_from_pre_update_params():
     assert n_pruned(state.masks) == round(float(schedule(9)) * N_PRUNABLE)
 
 
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+def test_pruned_entries_stay_pruned_at_the_next_update_even_when_large(distribution):
+    # Masks set from outside prune the *largest* weights, which are not zeroed until the next
+    # update; that update also recomputes the masks (schedule 0.25 -> 0.5): the pruned entries
+    # must stay pruned although they now have the largest magnitudes, and only the smallest
+    # active ones join them.
+    schedule = lambda c: jnp.where(c == 0, 0.25, 0.5)
+    tx = progprune.masked(optax.sgd(0.1), schedule, distribution=distribution)
+    params = init_params()
+    state = tx.init(params)
+    big = jax.tree.map(lambda w: jnp.abs(w) >= jnp.quantile(jnp.abs(w), 0.75), params)
+    state = state._replace(count=jnp.int32(1), sparsity=jnp.float32(0.25))  # masks of step 0
+    state = progprune.set_masks(
+        state,
+        jax.tree.map(lambda b, w: ~b if w.ndim >= 2 else jnp.ones(w.shape, bool), big, params),
+    )
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    for b, m, w in zip(*map(jax.tree.leaves, (big, state.masks, params)), strict=True):
+        b, m, w = np.asarray(b), np.asarray(m), np.abs(np.asarray(w))
+        if w.ndim < 2:
+            continue
+        assert not np.any(m & b)  # none revived
+        newly = ~m & ~b
+        assert newly.sum() > 0 and w[newly].max() <= w[m].min()
+    assert n_pruned(state.masks) == (
+        round(0.5 * N_PRUNABLE) if distribution == "global" else round(0.5 * 32) + round(0.5 * 24)
+    )
+    assert_pruned_are_zero(optax.apply_updates(params, updates), state.masks)
+
+
 def test_fixed_masks_updated_outside_the_step_equal_the_scheduled_wrapper():
     # The pattern the README offers for the cheapest steps: masked(inner, None), with the masks
     # recomputed by a separately jitted mask_updater and set_masks on the update steps.
