@@ -170,8 +170,9 @@ def test_negative_and_positive_zero_tie_and_ties_go_to_earlier_positions():
 def test_select_smallest_with_signed_zero_keys_across_leaves():
     a = order_keys(jnp.asarray([0.0, 5.0, -0.0], jnp.float32))
     b = order_keys(jnp.asarray([-0.0, 0.0], jnp.float32))
-    got = jax.jit(lambda a, b: select_smallest([a, b], jnp.asarray([3], jnp.int32), [0, 0]))(a, b)
-    assert [np.asarray(x).tolist() for x in got] == [[True, False, True], [True, False]]
+    got = jax.jit(lambda a, b: select_smallest([a, b], jnp.asarray([2], jnp.int32), [0, 0]))(a, b)
+    # Four equal zeros; the first two positions go (were -0.0 below +0.0: a[2] and b[0]).
+    assert [np.asarray(x).tolist() for x in got] == [[True, False, True], [False, False]]
 
 
 def test_select_smallest_rejects_segments_that_are_not_runs():

@@ -96,19 +96,23 @@ SUITES = {
     "progprune/masks.py": [
         "tests/test_masks.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.masks]",
+        "tests/test_errors.py",
     ],
     "progprune/optimizer.py": [
         "tests/test_optimizer.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.optimizer]",
+        "tests/test_errors.py",
     ],
     "progprune/schedules.py": [
         "tests/test_schedules.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.schedules]",
+        "tests/test_errors.py",
     ],
     "progprune/distributions.py": [
         "tests/test_distributions.py",
         "tests/test_masks.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.distributions]",
+        "tests/test_errors.py",
     ],
     "progprune/train/checkpoint.py": [
         "tests/test_checkpoint.py",
