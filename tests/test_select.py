@@ -115,13 +115,16 @@ def test_round_fraction_under_jit_with_traced_fraction():
         assert int(f(jnp.float32(s))) == exact_round(s, 248_095)
 
 
-def test_counts_of_every_distribution_are_exact_above_2_to_the_23():
-    sizes = [9_437_184, 2_359_296, 5_120]  # 3x3x1024x1024, 3x3x512x512, 512x10
-    shapes = [(3, 3, 1024, 1024), (3, 3, 512, 512), (512, 10)]
-    s = jnp.float32(0.9)
-    assert int(layer_counts(sizes, shapes, s, "global")[0]) == exact_round(0.9, sum(sizes))
-    uniform = np.asarray(layer_counts(sizes, shapes, s, "uniform"))
-    np.testing.assert_array_equal(uniform, [exact_round(0.9, n) for n in sizes])
+def test_counts_of_every_distribution_are_exact_above_2_to_the_24():
+    # Layers of ~18.9M weights (37.8M in all), where float32(s) * n would be off by 1 or 2.
+    shapes = [(3, 3, 2047, 1025), (3, 3, 1023, 2049), (1023, 11)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    for fraction in (0.9, 0.7):
+        s = jnp.float32(fraction)
+        got = int(layer_counts(sizes, shapes, s, "global")[0])
+        assert got == exact_round(fraction, sum(sizes))
+        uniform = np.asarray(layer_counts(sizes, shapes, s, "uniform"))
+        np.testing.assert_array_equal(uniform, [exact_round(fraction, n) for n in sizes])
 
 
 # ------------------------------------------------------------------------------ order_keys
