@@ -6,7 +6,7 @@ LeNet-300-100 on Fashion-MNIST to 90% sparsity with the paper's linear schedule:
     python -m progprune.train --config=configs/default.py --workdir=/tmp/default
 
 Any field can be overridden from the command line, e.g. ``--config.pruning.sparsity=0.95``.
-The config is locked: an unknown key is an error, not a new field.
+The config is locked: an unknown key is an error, not a new field (from Python too).
 """
 
 import ml_collections
@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     config.parallel = "shard_map"  # shard_map | pmap (same per-device step either way)
     config.num_devices = 0  # devices used for data parallelism; 0 => all
+    # train steps dispatched ahead of the host; 0 => auto (2 on several CPU devices, else no bound)
+    config.max_steps_in_flight = 0
 
     config.log_every_steps = 50  # metrics.jsonl / TensorBoard / progress bar update period
     config.eval_every_epochs = 1.0  # evaluation period (also evaluated at the end)
@@ -94,4 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.async_checkpointing = True  # write checkpoints in a background thread
     config.progress_bar = True  # tqdm bar; shown only when stderr is a TTY
     config.overwrite = False  # allow reusing a workdir that holds a different run
-    return config
+    # resume a checkpoint with changed optimizer settings (e.g. a lower learning rate after a
+    # NaN stop); other changes are still refused (progprune.train.workdir.RESUMABLE_CHANGES)
+    config.resume_changed = False
+    # Locked: a misspelt field (config.learning_rat = 0.1) is an error, not a new field.
+    return config.lock()

@@ -31,7 +31,7 @@ from absl import logging as absl_logging
 
 from experiments import sweeps
 
-RUNNER_KEYS = ("config", "imp_chain", "label", "tag")  # read here, not config fields
+RUNNER_KEYS = ("config", "label", "tag")  # read here, not config fields
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -65,16 +65,13 @@ def make_config(run: sweeps.Run) -> ml_collections.ConfigDict:
 
 def execute(run: sweeps.Run, workdir: str) -> dict[str, Any]:
     """Trains one run (an IMP run is a whole chain) in this process; returns its summary."""
-    from progprune.methods.imp import run_imp
-    from progprune.train import train_and_evaluate  # deferred: --print_commands needs no JAX
+    from progprune import drivers  # deferred: --print_commands needs no JAX
 
     config = make_config(run)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "run.json"), "w") as f:
         json.dump({"name": sweeps.run_name(run), "overrides": run}, f, indent=2)
-    if run["pruning.method"] == "imp":
-        return run_imp(config, workdir, sparsities=run.get("imp_chain") or None)
-    return train_and_evaluate(config, workdir)
+    return drivers.run(config, workdir)
 
 
 def code_version() -> str:
@@ -131,7 +128,7 @@ def run_sweep(name: str, root: str, only: list[str], max_runs: int = 0) -> list[
     A failing run is recorded (``error.txt``) and the sweep goes on; a preemption (SIGTERM)
     stops the sweep.
     """
-    from progprune.train import PreemptedError
+    from progprune.train import PreemptedError, WorkdirBusyError
 
     sweep_dir = os.path.join(root, name)
     os.makedirs(sweep_dir, exist_ok=True)
@@ -162,6 +159,9 @@ def run_sweep(name: str, root: str, only: list[str], max_runs: int = 0) -> list[
             )
         except PreemptedError:
             raise  # SIGTERM: the run checkpointed; stop the sweep, rerunning resumes it
+        except WorkdirBusyError as e:  # another runner has this run: leave it to that one
+            print(f"  skipped: {e}", flush=True)
+            continue
         except Exception:  # noqa: BLE001 - one failed run must not stop a long sweep
             failed.append(sweeps.run_name(run))
             with open(os.path.join(workdir, "error.txt"), "w") as f:

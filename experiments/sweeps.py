@@ -4,13 +4,14 @@ A run is a dict of dotted ``configs/default.py`` keys to values (``"pruning.spar
 plus keys read by ``experiments/run_sweep.py`` and ``aggregate.py``, not by the trainer:
 
 * ``"config"``: the base config file the overrides apply to;
-* ``"imp_chain"`` (IMP only): the sparsities of the chain's rounds. One IMP chain per seed passes
-  through every sparsity of the sweep (``progprune.methods.imp.run_imp``), so IMP is run once per
-  seed, not once per target; its round ``k`` is the IMP result at the ``k``-th sparsity and cost
-  ``k + 1`` trainings;
 * ``"label"`` (optional): the name a variant of a method gets in the result tables;
 * ``"tag"`` (optional): appended to the run's directory name, for sweeps that vary a setting
   (e.g. the training length) that the name would not otherwise show.
+
+IMP runs carry ``"pruning.imp_sparsities"`` (the sparsities of the chain's rounds) and
+``"pruning.imp_rate": 1.0`` (one round per target): one IMP chain per seed passes through every
+sparsity of the sweep (``progprune.drivers.run_imp``), so IMP is run once per seed, not once per
+target; its round ``k`` is the IMP result at the ``k``-th sparsity and cost ``k + 1`` trainings.
 
 ``SWEEPS`` maps a sweep name to its runs. ``python -m experiments.run_sweep --sweep=NAME`` runs one.
 """
@@ -70,7 +71,11 @@ def method_runs(
             if method == "dense":
                 runs.append({**run, "pruning.sparsity": 0.0})
             elif method == "imp":
-                chain = {"pruning.sparsity": max(sparsities), "imp_chain": sparsities}
+                chain = {
+                    "pruning.sparsity": max(sparsities),
+                    "pruning.imp_sparsities": tuple(sparsities),
+                    "pruning.imp_rate": 1.0,
+                }
                 runs.append({**run, **chain, **(imp or {})})
             else:
                 runs += [{**run, "pruning.sparsity": s} for s in sparsities]
@@ -199,7 +204,7 @@ def run_name(run: Run) -> str:
 
     >>> run_name({"model": "lenet5", "pruning.method": "snip", "pruning.sparsity": 0.9, "seed": 1})
     'lenet5-snip-s0.9-seed1'
-    >>> run_name({"model": "lenet5", "pruning.method": "imp", "imp_chain": (0.5, 0.9), "seed": 0})
+    >>> run_name({"model": "lenet5", "pruning.method": "imp", "seed": 0})
     'lenet5-imp-chain-seed0'
     >>> run_name({"model": "m", "pruning.method": "gmp", "pruning.sparsity": 0.9, "seed": 0,
     ...           "tag": "e20"})

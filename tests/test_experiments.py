@@ -13,9 +13,7 @@ from progprune.train import validate
 
 
 def check_config(run: dict) -> None:
-    flat = validate._flatten(run_sweep.make_config(run).to_dict())
-    validate.check_schema(flat)
-    validate.check_values(flat, num_devices=1)
+    validate.check_config(run_sweep.make_config(run), num_devices=1)
 
 
 def test_sweep1_has_every_method_sparsity_and_seed_with_one_imp_chain_per_seed():
@@ -27,7 +25,9 @@ def test_sweep1_has_every_method_sparsity_and_seed_with_one_imp_chain_per_seed()
     }
     assert len(cells) == 2 * 6 * 6 * 3 == len(runs) - 2 * 2 * 3
     imp = [r for r in runs if r["pruning.method"] == "imp"]
-    assert len(imp) == 2 * 3 and all(r["imp_chain"] == sweeps.FMNIST_SPARSITIES for r in imp)
+    assert len(imp) == 2 * 3
+    assert all(r["pruning.imp_sparsities"] == sweeps.FMNIST_SPARSITIES for r in imp)
+    assert all(r["pruning.imp_rate"] == 1.0 for r in imp)  # one round per target
     assert len({sweeps.run_name(r) for r in runs}) == len(runs)
 
 
@@ -130,7 +130,8 @@ def shrink(run: dict, data_dir) -> dict:
         "async_checkpointing": False,
     }
     if run["pruning.method"] == "imp":
-        small.update({"imp_chain": run["imp_chain"][:2], "pruning.rewind_step": 1})
+        chain = run["pruning.imp_sparsities"][:2]
+        small.update({"pruning.imp_sparsities": chain, "pruning.rewind_step": 1})
     return small
 
 

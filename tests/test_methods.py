@@ -16,8 +16,10 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import progprune
+import progprune.drivers
 import progprune.methods
 import progprune.train
+from progprune.drivers import imp as imp_driver
 from progprune.methods import grasp, imp, random_masks, snip
 
 
@@ -268,7 +270,7 @@ def test_run_imp_chains_rounds_rewinds_and_resumes(tmp_path, rewind_step):
     rewound = jax.tree.map(lambda w: w * 0.5, fake.init)  # stands for the params at rewind_step
     kw = dict(load_final_params=lambda d: fake.params[d], load_rewind_params=lambda d: rewound)
     config = imp_config(rewind_step=rewind_step)
-    summary = imp.run_imp(config, str(tmp_path), fake.train, **kw)
+    summary = imp_driver.run_imp(config, str(tmp_path), fake.train, **kw)
     assert [r["target_sparsity"] for r in summary["rounds"]] == [0.0, 0.5, 0.8, 0.9]
     np.testing.assert_allclose(
         [r["sparsity"] for r in summary["rounds"]], [0.0, 0.5, 0.8, 0.9], atol=1 / 45
@@ -276,6 +278,8 @@ def test_run_imp_chains_rounds_rewinds_and_resumes(tmp_path, rewind_step):
     assert [r["cumulative_epochs"] for r in summary["rounds"]] == [2.0, 4.0, 6.0, 8.0]
     assert summary["epochs"] == 8.0
     assert fake.calls[0][:2] == ("dense", 0.0)
+    # Later rounds train with the chain's masks as the trainer's fixed-mask method.
+    assert [c[:2] for c in fake.calls[1:]] == [("fixed", s) for s in (0.5, 0.8, 0.9)]
     load = lambda k: imp.load_masks(os.path.join(tmp_path, "masks", f"round_{k}.npz"), fake.init)
     for k in (1, 2, 3):
         start = fake.calls[k][2]
@@ -288,7 +292,7 @@ def test_run_imp_chains_rounds_rewinds_and_resumes(tmp_path, rewind_step):
     with open(os.path.join(tmp_path, "summary.json")) as f:
         assert len(json.load(f)["rounds"]) == 4
     n_calls = len(fake.calls)
-    imp.run_imp(config, str(tmp_path), fake.train, **kw)  # a second run trains nothing
+    imp_driver.run_imp(config, str(tmp_path), fake.train, **kw)  # a second run trains nothing
     assert len(fake.calls) == n_calls
 
 
@@ -338,7 +342,7 @@ def test_imp_chain_on_the_tiny_config_reaches_each_target_exactly(tmp_path):
     config = tiny_config("imp", sparsity=0.8, steps=4)
     config.pruning.imp_rounds = 2
     config.pruning.rewind_step = 2
-    summary = progprune.train.train_and_evaluate(config, str(tmp_path))
+    summary = progprune.drivers.run(config, str(tmp_path))
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     params = progprune.train.load_final_params(os.path.join(tmp_path, "round_2"))

@@ -8,8 +8,9 @@ Every method is one of two kinds:
   initialisation and kept; ``dense`` keeps every weight, ``fixed`` takes the masks the caller
   passes as ``initial_masks`` (an IMP round).
 
-``imp`` (iterative magnitude pruning with rewinding) runs several trainings and is driven by
-`progprune.methods.imp.run_imp`, which calls the trainer once per round.
+``imp`` (iterative magnitude pruning with rewinding) is several trainings: a driver above the
+trainer runs it (`progprune.drivers.run_imp`), training each round with ``fixed`` masks;
+`progprune.methods.imp` holds its pure parts (round sparsities, the next round's masks).
 """
 
 from __future__ import annotations
@@ -29,23 +30,58 @@ AT_INIT = ("snip", "grasp", "random")
 
 
 class PruningSetup(NamedTuple):
-    """Arguments for ``progprune.masked``: schedule (None => fixed masks) and friends."""
+    """Arguments for ``progprune.masked`` and when its masks change, resolved to steps.
+
+    Attributes:
+      schedule: step -> sparsity, or None for fixed masks.
+      update_every: masks may change at optimizer counts that are multiples of this.
+      distribution: how the sparsity is spread over layers.
+      prunable: which leaves may be pruned (path regex, None = kernels).
+      last_update: the last optimizer count at which the schedule changes the masks (where
+        it reaches the target), or None for fixed masks. Always inside the run.
+    """
 
     schedule: Callable | None
     update_every: int
     distribution: str
     prunable: str | None
+    last_update: int | None = None
+
+    def may_update_masks(self, count: int) -> bool:
+        """Whether the optimizer step taken at ``count`` (= steps done before it) may change
+        the masks: the host-side twin of the rule inside ``progprune.masked``.
+
+        >>> PruningSetup(lambda t: 0.5, 10, "global", None, 20).may_update_masks(20)
+        True
+        """
+        return self.schedule is not None and count % self.update_every == 0
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> str:
+    """Raises a ValueError naming the choices unless ``method`` is one of `METHODS`.
+
+    >>> check_method("gmp")
+    'gmp'
+    """
     if method not in METHODS:
-        raise ValueError(f"config.pruning.method={method!r}; use one of {METHODS}.")
+        raise ValueError(f"config.pruning.method={method!r} is unknown; use one of {METHODS}.")
+    return method
+
+
+def _ceil_to(step: int, period: int) -> int:
+    return -(-step // period) * period
 
 
 def pruning_setup(
     pruning: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
 ) -> PruningSetup:
-    """Schedule and mask-update period for a method, with durations resolved to steps.
+    """Schedule and mask-update steps for a method, with durations resolved to steps.
+
+    The one place that decides when masks change. ``masked`` recomputes masks at optimizer
+    counts ``0, u, 2u, ...`` (``u = update_every``) that lie inside the run (``< total_steps``);
+    the schedule's ramp is made to end on one of them, the last one at the latest, so every
+    accepted run ends at exactly its target sparsity. A run with no mask update after the
+    ramp begins is refused, with the fix, instead of ending unpruned.
 
     Args:
       pruning: the ``config.pruning`` block.
@@ -55,31 +91,48 @@ def pruning_setup(
     Returns:
       A `PruningSetup`; its schedule is None for fixed-mask methods.
 
+    Raises:
+      ValueError: if no mask update falls after the ramp begins (the run would end unpruned).
+
     Example:
-      >>> from configs.default import get_pruning_config
-      >>> setup = pruning_setup(get_pruning_config(), 1000, 100)
-      >>> setup.update_every, round(float(setup.schedule(750)), 6)
-      (50, 0.9)
+      >>> from ml_collections import ConfigDict
+      >>> p = ConfigDict(dict(method="progressive", sparsity=0.9, begin_fraction=0.0,
+      ...     end_fraction=0.75, update_every=0, distribution="global", prunable=None))
+      >>> setup = pruning_setup(p, total_steps=1000, steps_per_epoch=100)
+      >>> setup.update_every, setup.last_update, round(float(setup.schedule(750)), 4)
+      (50, 750, 0.9)
     """
-    _check_method(pruning.method)
+    check_method(pruning.method)
     update_every = pruning.update_every or max(1, steps_per_epoch // 2)
+    last = (total_steps - 1) // update_every * update_every  # the last update inside the run
     begin = round(pruning.begin_fraction * total_steps)
-    # Masks change only on multiples of update_every, so the ramp ends on one: the next at or
-    # after end_fraction, but never past the last one of the run, so the target is reached.
-    last_update = (total_steps - 1) // update_every * update_every
-    end = -(-round(pruning.end_fraction * total_steps) // update_every) * update_every
-    end = max(begin + 1, min(end, last_update))
-    if pruning.method == "progressive":
-        schedule = progprune.linear_schedule(pruning.sparsity, begin_step=begin, end_step=end)
-    elif pruning.method == "gmp":
-        schedule = progprune.polynomial_schedule(pruning.sparsity, begin, end, power=3.0)
+    schedule = end = None
+    if pruning.method in ("progressive", "gmp"):
+        if last <= begin:
+            raise ValueError(_no_update_message(pruning, update_every, begin, total_steps))
+        wanted = max(begin + 1, round(pruning.end_fraction * total_steps))
+        end = min(_ceil_to(wanted, update_every), last)
+        if pruning.method == "progressive":
+            schedule = progprune.linear_schedule(pruning.sparsity, begin_step=begin, end_step=end)
+        else:
+            schedule = progprune.polynomial_schedule(pruning.sparsity, begin, end, power=3.0)
     elif pruning.method == "oneshot":
-        # Masks are recomputed only on multiples of update_every: put the prune step on one.
-        step = round(pruning.oneshot_fraction * total_steps / update_every) * update_every
-        schedule = progprune.one_shot_schedule(pruning.sparsity, step)
-    else:
-        schedule = None
-    return PruningSetup(schedule, update_every, pruning.distribution, pruning.prunable)
+        at = round(pruning.oneshot_fraction * total_steps / update_every) * update_every
+        end = min(at, last)
+        schedule = progprune.one_shot_schedule(pruning.sparsity, end)
+    return PruningSetup(schedule, update_every, pruning.distribution, pruning.prunable, end)
+
+
+def _no_update_message(pruning, update_every: int, begin: int, total_steps: int) -> str:
+    period = "(0: half an epoch) " if not pruning.update_every else ""
+    room = max(1, (total_steps - 1 - begin) // 4)
+    return (
+        f"config.pruning.update_every={update_every} {period}leaves no mask update between the "
+        f"ramp's start (step {begin}) and the end of the run ({total_steps} steps), so the run "
+        f"would end unpruned instead of at sparsity {pruning.sparsity}. Set "
+        f"--config.pruning.update_every={room} (or any value below {total_steps - begin}), or "
+        "train longer."
+    )
 
 
 def initial_masks(
@@ -99,6 +152,7 @@ def initial_masks(
       rng: key for the random method.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from configs.default import get_pruning_config
       >>> cfg = get_pruning_config()
       >>> cfg.method, cfg.sparsity = "snip", 0.5
@@ -108,7 +162,7 @@ def initial_masks(
       >>> masks["w"].tolist()
       [[False, True], [False, True]]
     """
-    _check_method(pruning.method)
+    check_method(pruning.method)
     kw = {"prunable": pruning.prunable}
     if pruning.method == "snip":
         from progprune.methods.snip import snip_masks

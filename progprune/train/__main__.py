@@ -1,24 +1,33 @@
 """Command line: ``python -m progprune.train --config=configs/<name>.py --workdir=DIR``.
 
 Override any config field with ``--config.<key>=<value>`` (the config is locked, so a
-misspelt key is an error). Multi-host (e.g. a TPU VM pod slice): run the same command on
-every host with ``--distributed``; JAX finds the coordinator and process ids itself:
+misspelt key is an error). ``--config`` may be given from any directory (relative or
+absolute). ``pruning.method=imp`` runs a whole IMP chain (`progprune.drivers.run`).
+
+Multi-host (e.g. a TPU VM pod slice): run the same command on every host with
+``--distributed``; JAX finds the coordinator and process ids itself:
 
     gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command \\
       "cd progprune && python -m progprune.train --config=configs/resnet18_cifar10.py \\
-       --workdir=gs://BUCKET/resnet18 --distributed"
+       --workdir=/shared/resnet18 --distributed"
 
 Elsewhere pass them: ``--distributed --coordinator_address=HOST0:1234 --num_processes=2
 --process_id=I`` (one process per host, or per CPU process for a local test). Every process
 loads the data set and holds it on its own devices; each device computes its slice of the
 global batch. Only process 0 writes metrics, TensorBoard and summary files; orbax
-coordinates the checkpoint writes. The workdir must be shared storage (e.g. a GCS bucket).
+coordinates the checkpoint writes. The workdir must be storage every host mounts.
+
+Exit codes (`progprune.train.errors`): 0 finished, 1 bug (traceback), 2 config/data/workdir
+problem, 3 non-finite loss, 4 workdir in use by another process, 5 storage (I/O) failure,
+143 preempted. Expected failures print one line, ``error: ...``, naming the fix.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -37,7 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    """Trains `--config` in `--workdir`; exits 2 on a config error, 3 on NaN, 143 if preempted.
+    """Runs `--config` in `--workdir`; exits with the code of `progprune.train.errors`.
 
     Example:
       >>> app.run(main, flags_parser=parse_flags)  # doctest: +SKIP
@@ -55,29 +64,73 @@ def main(argv: list[str]) -> None:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    from progprune.train.loop import PreemptedError, train_and_evaluate
+    from progprune.drivers import run
+    from progprune.train.errors import StorageError, exit_code
 
-    # Our progress at INFO; orbax's per-save chatter (absl logger) only from WARNING up.
+    # Our own lines only; orbax's per-save chatter (absl logger) only from WARNING up.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("progprune").setLevel(logging.INFO)
+    logging.getLogger("progprune").setLevel(logging.WARNING)
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as e:
-        # Config/workdir errors and NaN stops: the message says what to do; no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ValueError) else 3)
-    except PreemptedError as e:
-        print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(143)
+        run(FLAGS.config, FLAGS.workdir)
+    except Exception as e:
+        code = exit_code(e)
+        if code is None:
+            raise  # a bug: keep the traceback
+        prefix = "preempted" if code == 143 else "error"
+        print(f"{prefix}: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, StorageError):
+            # Orbax's threads of a failed write wait minutes for a directory that never
+            # appeared; the message is out and the last good checkpoint is on disk.
+            sys.stdout.flush()
+            os._exit(code)
+        sys.exit(code)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def prepare_config_import(argv: list[str]) -> str | None:
+    """Checks the ``--config`` file and makes its package importable; returns an error or None.
+
+    Config files import their shared recipes (``from configs import default``), so the
+    directory above a ``configs`` package must be on ``sys.path`` wherever the command runs.
+
+    Example:
+      >>> print(prepare_config_import(["train", "--config=/no/such/file.py"]))
+      config file '/no/such/file.py' not found; pass --config=PATH to a config file, e.g. ...
+    """
+    given = _config_path(argv)
+    if given is None:
+        return None
+    path = Path(given.split(":", 1)[0]).expanduser()  # "file.py:arg" passes an argument
+    if not path.is_file():
+        return (
+            f"config file {given!r} not found; pass --config=PATH to a config file, e.g. "
+            "configs/quickstart.py in the progprune checkout."
+        )
+    package = path.resolve().parent
+    if (package / "__init__.py").exists() and str(package.parent) not in sys.path:
+        sys.path.insert(0, str(package.parent))
+    return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors for bad ``--config.*`` overrides.
+    """absl flag parsing with one-line errors for a bad ``--config`` or its overrides.
 
     Example:
       >>> parse_flags(["train", "--config=configs/tiny.py", "--config.lr=1"])  # doctest: +SKIP
       error: unknown config key 'lr'. ...
     """
+    problem = prepare_config_import(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -87,6 +140,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         key, _, hint = text.replace("'", "").partition("\n")
         key = key.strip().strip('"')
         print(f"error: unknown config key {key!r}. {hint}".strip(), file=sys.stderr)
+    except OSError as e:  # the config file failed to load (e.g. a syntax error in it)
+        print(f"error: {str(e).splitlines()[0]}: {e.__cause__ or e}", file=sys.stderr)
     sys.exit(2)
 
 

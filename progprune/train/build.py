@@ -24,7 +24,7 @@ from progprune.train.steps import (
 )
 
 PyTree = Any
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.dtype
 TrainStep = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]
 EvalStep = Callable[[TrainState, jax.Array, jax.Array], Metrics]
 
@@ -126,6 +126,9 @@ def make_model(
     )
 
 
+LR_SCHEDULES = ("cosine", "step", "constant")  # config.lr_schedule
+
+
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
@@ -152,6 +155,9 @@ def learning_rate_schedule(
     if warmup <= 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+OPTIMIZERS = ("sgd", "adam")  # config.optimizer
 
 
 def make_optimizer(

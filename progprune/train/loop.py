@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import collections
 import json
-import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -12,38 +12,17 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 import progprune
 from progprune.train import build, metrics
-from progprune.train.checkpoint import Checkpointer, config_diff, config_fingerprint
-from progprune.train.parallel import make_launcher, select_devices
+from progprune.train import workdir as workdirs
+from progprune.train.checkpoint import Checkpointer, config_fingerprint
+from progprune.train.errors import NonFiniteError, PreemptedError, StorageError
+from progprune.train.parallel import make_launcher, select_devices, steps_in_flight
 from progprune.train.state import to_host
 from progprune.train.validate import validate
 
 PyTree = Any
-# Files a run writes into its workdir; removed together when config.overwrite replaces a run.
-RUN_FILES = (
-    "checkpoints",
-    "corrupt_checkpoints",
-    "metrics.jsonl",
-    "tensorboard",
-    "summary.json",
-    "config.json",
-    "rewind_params",
-    "final_params",
-)
-
-
-class PreemptedError(RuntimeError):
-    """Raised after a SIGTERM/preemption notice: the state was checkpointed; rerun to resume.
-
-    Example:
-      >>> try:  # doctest: +SKIP
-      ...     train_and_evaluate(config, workdir)
-      ... except PreemptedError:
-      ...     sys.exit(143)  # the scheduler reruns the same command, which resumes
-    """
 
 
 def train_and_evaluate(
@@ -55,119 +34,77 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains and evaluates one run as `config` says; resumes from `workdir` if it can.
 
+    The workdir is locked for the run's life (a second process gets `WorkdirBusyError`). A run
+    that already finished is not trained again: its summary is returned as it is.
+
     Args:
       config: a config from ``configs/`` (see ``configs/default.py`` for every field).
       workdir: where checkpoints, metrics.jsonl, TensorBoard events and summary.json go.
-      initial_masks: masks to start from (``pruning.method="fixed"``, e.g. an IMP round).
+      initial_masks: masks to train with, for ``pruning.method="fixed"`` (e.g. an IMP round).
       initial_params: params replacing the fresh initialisation (e.g. an IMP rewind point).
 
     Returns:
       The summary (also in ``workdir/summary.json``): eval_accuracy, eval_loss, sparsity
       (global, over prunable weights), per_layer_sparsity, wall_clock_s, epochs, steps.
 
-    Example:
-      >>> from configs import tiny  # doctest: +SKIP
-      >>> train_and_evaluate(tiny.get_config(), "/tmp/tiny")["eval_accuracy"]  # doctest: +SKIP
-    """
-    if config.pruning.method == "imp":
-        from progprune.methods.imp import run_imp
-
-        return run_imp(config, workdir, train_fn=train_and_evaluate)
-    if config.pruning.method == "fixed" and initial_masks is None:
-        raise ValueError(
-            "config.pruning.method='fixed' keeps the masks passed as initial_masks, but none "
-            "were passed; use method 'dense' for no pruning."
-        )
-    devices = select_devices(config.num_devices)
-    path = validate(config, workdir, len(devices))
-    prepare_workdir(config, path)
-    run = Run(config, path, devices, initial_masks, initial_params)
-    try:
-        return run.train()
-    finally:
-        run.close()
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses a workdir holding a different run (unless config.overwrite); records the config.
-
-    Writes ``workdir/config.json`` (the config and its fingerprint). With ``config.overwrite``
-    a different run's files (`RUN_FILES`) are deleted first.
+    Raises:
+      ValueError, FileNotFoundError: bad config, missing data, a workdir holding another run.
+      NonFiniteError, WorkdirBusyError, StorageError, PreemptedError: see
+        `progprune.train.errors` (each with its exit code on the command line).
 
     Example:
       >>> import tempfile
       >>> from configs import tiny
-      >>> workdir = Path(tempfile.mkdtemp())
-      >>> prepare_workdir(tiny.get_config(), workdir)
-      >>> other = tiny.get_config()
-      >>> other.seed = 1
-      >>> prepare_workdir(other, workdir)
-      Traceback (most recent call last):
-      ValueError: workdir '...' holds a different run (config differs in seed); ...
+      >>> config = tiny.get_config()
+      >>> config.num_train_steps, config.progress_bar = 8, False
+      >>> workdir = tempfile.mkdtemp()
+      >>> summary = train_and_evaluate(config, workdir)  # doctest: +ELLIPSIS
+      Training tiny_mlp on digits/train ...
+      >>> train_and_evaluate(config, workdir)["steps"]  # doctest: +ELLIPSIS
+      Run in ... is already complete (step 8 of 8); nothing to train.
+      8
     """
-    record = workdir / "config.json"
-    mine = {"fingerprint": config_fingerprint(config), "config": config.to_dict()}
-    if record.exists():
-        theirs = json.loads(record.read_text())
-        if theirs.get("fingerprint") != mine["fingerprint"]:
-            if not config.overwrite:
-                diff = config_diff(theirs.get("config", {}), json.loads(json.dumps(mine["config"])))
-                raise ValueError(
-                    f"workdir {str(workdir)!r} holds a different run (config differs in "
-                    f"{', '.join(diff) or 'its fingerprint'}); use another --workdir, or pass "
-                    "--config.overwrite=True to delete that run and start over."
-                )
-            if jax.process_index() == 0:
-                for name in RUN_FILES:
-                    p = workdir / name
-                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    elif (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
+    if config.pruning.method == "imp":
         raise ValueError(
-            f"workdir {str(workdir)!r} holds checkpoints but no config.json, so it cannot be "
-            "shown to be this run; use another --workdir (or delete it)."
+            "config.pruning.method='imp' is a chain of training runs, not one: run it with "
+            "progprune.drivers.run(config, workdir) or `python -m progprune.train`."
         )
-    if jax.process_index() == 0:
-        # Write-then-rename: another process never reads a half-written record.
-        tmp = record.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(mine, indent=2, sort_keys=True, default=str))
-        tmp.replace(record)
+    if (config.pruning.method == "fixed") != (initial_masks is not None):
+        raise ValueError(
+            "config.pruning.method='fixed' trains with the masks passed as initial_masks, and "
+            "only it takes them; use method 'dense' for no pruning, or pass initial_masks with "
+            f"method 'fixed' (got method {config.pruning.method!r}, initial_masks "
+            f"{'given' if initial_masks is not None else 'not given'})."
+        )
+    devices = select_devices(config.num_devices)
+    path = validate(config, workdir, len(devices))
+    with workdirs.lock(path):
+        ckpt = Checkpointer(
+            path, max_to_keep=config.max_to_keep, async_save=config.async_checkpointing
+        )
+        try:
+            workdirs.prepare(config, path, ckpt)
+            done = workdirs.finished_summary(path, ckpt)
+            if done is not None:
+                if jax.process_index() == 0:
+                    print(
+                        f"Run in {path} is already complete (step {done['steps']} of "
+                        f"{done['steps']}); nothing to train.",
+                        flush=True,
+                    )
+                return done
+            run = Run(config, path, devices, ckpt, initial_masks, initial_params)
+            try:
+                return run.train()
+            finally:
+                run.close()
+        finally:
+            ckpt.close()
 
 
-def save_params(path: Path, params: PyTree) -> None:
-    """Writes a params pytree with orbax (synchronously), replacing nothing that exists.
-
-    Example:
-      >>> import tempfile, numpy as np
-      >>> path = Path(tempfile.mkdtemp()) / "params"
-      >>> save_params(path, {"w": np.ones(2, np.float32)})
-      >>> ocp.StandardCheckpointer().restore(path)["w"]
-      array([1., 1.], dtype=float32)
-    """
-    if not path.exists():
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path.absolute(), params)
-
-
-def load_final_params(workdir: str) -> PyTree:
-    """Params at the end of the run in `workdir` (host numpy pytree).
-
-    Example:
-      >>> params = load_final_params("/tmp/tiny")  # doctest: +SKIP
-      >>> sorted(params)  # doctest: +SKIP
-      ['fc1', 'fc2']
-    """
-    return to_host(ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "final_params"))
-
-
-def load_rewind_params(workdir: str) -> PyTree:
-    """Params saved at ``config.pruning.rewind_step`` of the run in `workdir` (host numpy).
-
-    Example:
-      >>> params = load_rewind_params("/tmp/tiny")  # doctest: +SKIP
-      >>> train_and_evaluate(config, "/tmp/round2", initial_params=params,  # doctest: +SKIP
-      ...                    initial_masks=masks)
-    """
-    return to_host(ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "rewind_params"))
+# Kept importable from here: IMP drivers and notebooks load a finished run's weights.
+load_final_params = workdirs.load_final_params
+load_rewind_params = workdirs.load_rewind_params
 
 
 class Run:
@@ -177,7 +114,7 @@ class Run:
     window, last evaluation, preemption flag) that a checkpoint must carry.
 
     Example:
-      >>> run = Run(config, Path(workdir), jax.devices(), None, None)  # doctest: +SKIP
+      >>> run = Run(config, Path(workdir), jax.devices(), ckpt, None, None)  # doctest: +SKIP
       >>> summary = run.train()  # then run.close(), in a `finally`  # doctest: +SKIP
     """
 
@@ -186,6 +123,7 @@ class Run:
         config: ml_collections.ConfigDict,
         workdir: Path,
         devices: Sequence[jax.Device],
+        ckpt: Checkpointer,
         initial_masks: PyTree | None,
         initial_params: PyTree | None,
     ):
@@ -196,9 +134,8 @@ class Run:
         self.lr_fn, self.setup = plan.learning_rate, plan.pruning
         train_step, eval_step = build.make_steps(config, ds, plan.tx, len(devices))
         self.launcher = make_launcher(config.parallel, train_step, eval_step, devices)
-        self.ckpt = Checkpointer(
-            workdir, max_to_keep=config.max_to_keep, async_save=config.async_checkpointing
-        )
+        self.max_in_flight = steps_in_flight(devices, config.max_steps_in_flight)
+        self.ckpt = ckpt
         fresh = build.initial_state(
             config, plan.tx, ds.train, initial_masks=initial_masks, initial_params=initial_params
         )
@@ -224,27 +161,33 @@ class Run:
         self.window = resumed.get("window", [])  # per-step metrics since the last log row
         self.last_sparsity = resumed.get("last_sparsity")
         self.writer = metrics.MetricWriter(self.workdir, resume_step=start)
-        self.progress = metrics.Progress(config.progress_bar, self.total_steps, start)
+        self.report = metrics.Reporter(config.progress_bar, self.total_steps, start)
         self._watch_sigterm()
         if start == 0:  # the rewind point of IMP when rewind_step is 0
-            save_params(self.workdir / "rewind_params", self.host_state.params)
-        metrics.log(
-            "Training %s on %s: steps %d..%d (%d/epoch) on %d devices (%s)",
-            *(config.model, self.data_names[0], start, self.total_steps, self.spe),
-            *(launcher.num_devices, config.parallel),
+            workdirs.save_params(self.workdir / "rewind_params", self.host_state.params)
+        devices = f"{launcher.num_devices} device{'s' * (launcher.num_devices > 1)}"
+        self.report.start(
+            f"Training {config.model} on {self.data_names[0]}: steps {start}..{self.total_steps}"
+            f" ({self.spe}/epoch) on {devices} ({config.parallel})"
+            + (f", resumed from checkpoint {start}" if self.resumed else "")
         )
         state = launcher.put_state(self.host_state)
         self.t0 = time.time()
         self.tick, pending = (self.t0, start), []
+        in_flight = collections.deque()  # metrics of steps dispatched but not waited for
         for step in range(start + 1, self.total_steps + 1):
             if self._preempted or self._multihost_preempted(step - 1):
                 self._checkpoint(state, step - 1, pending)
+                self.ckpt.wait()
                 raise PreemptedError(f"preempted at step {step - 1}; checkpoint saved, rerun")
             state, m = launcher.train_step(state, *self.train_data)
             pending.append((step, m))
-            self.progress.update()
+            in_flight.append(m)
+            if self.max_in_flight is not None and len(in_flight) > self.max_in_flight:
+                jax.block_until_ready(in_flight.popleft())
+            self.report.update()
             self._periodic(state, step, pending)
-        self.progress.close()
+        self.report.close()
         summary = self._summary(state)
         self.writer.close()
         return summary
@@ -255,8 +198,10 @@ class Run:
         if step % config.log_every_steps == 0 or last:
             row = self._train_row(state, step, pending)
             self.writer.write(step, {**row, **self._layer_detail()})
-            self.progress.show(row)
-        elif self.setup.schedule is not None and (step - 1) % self.setup.update_every == 0:
+            steps_per_sec = row["images_per_sec"] / config.batch_size
+            self.report.train_row(step, row, (self.total_steps - step) / max(steps_per_sec, 1e-9))
+            self.ckpt.check()  # a background checkpoint write that failed stops the run now
+        elif self.setup.may_update_masks(step - 1):
             self.layers = self._sparsity(state)  # this step may have updated the masks
             detail = self._layer_detail()
             if detail:
@@ -264,9 +209,11 @@ class Run:
         if step % max(1, round(config.eval_every_epochs * self.spe)) == 0 or last:
             self.last_eval = (step, self._evaluate(state))
             self.writer.write(step, self.last_eval[1])
+            self.report.eval_row(step, self.last_eval[1])
             self.tick = (time.time(), step)  # images/s measures training only
         if step == config.pruning.rewind_step:
-            save_params(self.workdir / "rewind_params", self.launcher.get_state(state.params))
+            params = self.launcher.get_state(state.params)
+            workdirs.save_params(self.workdir / "rewind_params", params)
         if step % config.checkpoint_every_steps == 0 or last:
             self._checkpoint(state, step, pending)
             self.tick = (time.time(), step)
@@ -287,9 +234,15 @@ class Run:
                 if steps
                 else "No checkpoint had been saved yet"
             )
-            raise FloatingPointError(
+            resume = (
+                " To continue from it with a lower learning rate, rerun the same command with "
+                "--config.learning_rate=<lower> --config.resume_changed=True; or check the data."
+                if steps
+                else " Lower config.learning_rate or check the data."
+            )
+            raise NonFiniteError(
                 f"loss/gradients became non-finite (NaN or inf) at step {bad[0]}; training "
-                f"stopped. {kept}. Lower config.learning_rate or check the data."
+                f"stopped. {kept}.{resume}"
             )
 
     def _train_row(self, state, step: int, pending: list) -> dict[str, Any]:
@@ -341,7 +294,7 @@ class Run:
         eval_metrics = metrics_at_step if step == self.total_steps else self._evaluate(state)
         layers = self._sparsity(state)
         host_params = self.launcher.get_state(state.params)
-        save_params(self.workdir / "final_params", host_params)
+        workdirs.save_params(self.workdir / "final_params", host_params)
         summary = {
             "eval_accuracy": eval_metrics["eval_accuracy"],
             "eval_loss": eval_metrics["eval_loss"],
@@ -358,8 +311,13 @@ class Run:
             "parallel": self.config.parallel,
         }
         if jax.process_index() == 0:
-            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-            print(metrics.format_summary(summary), flush=True)
+            path, tmp = self.workdir / "summary.json", self.workdir / "summary.json.tmp"
+            try:  # write-then-rename: summary.json marks a finished run, never a torn one
+                tmp.write_text(json.dumps(summary, indent=2))
+                tmp.replace(path)
+            except OSError as e:
+                raise StorageError(f"cannot write {path}: {e}") from e
+            self.report.line(metrics.format_summary(summary))
         return summary
 
     # -- preemption -------------------------------------------------------------------
@@ -376,11 +334,12 @@ class Run:
         return jax.process_count() > 1 and self.ckpt.reached_preemption(step)
 
     def close(self) -> None:
-        """Restores the SIGTERM handler and waits for pending checkpoint writes."""
+        """Restores the SIGTERM handler, closes the bar and waits for pending checkpoints."""
         if self._old_handler is not None:
             signal.signal(signal.SIGTERM, self._old_handler)
+        if hasattr(self, "report"):
+            self.report.close()
         self.ckpt.wait()
-        self.ckpt.close()
 
 
 def _finite(row: dict) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from progprune.train.errors import StorageError
+
 
 class MetricWriter:
     """Appends rows to ``workdir/metrics.jsonl`` and scalars to TensorBoard.
@@ -43,8 +45,11 @@ class MetricWriter:
         """Appends ``{"step": step, **row}``; a dict value becomes TensorBoard scalars key/sub."""
         if not self.active:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **row}, sort_keys=False) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **row}, sort_keys=False) + "\n")
+        except OSError as e:
+            raise StorageError(f"cannot append to {self.path}: {e}") from e
         if self._tb is not None:
             for key, value in row.items():
                 if isinstance(value, dict):
@@ -62,58 +67,137 @@ class MetricWriter:
 def truncate_jsonl(path: Path, max_step: int) -> None:
     r"""Keeps only rows with ``step <= max_step`` (all rows are dropped when max_step < 0).
 
+    The file is rewritten to a temporary name and renamed, so a crash meanwhile leaves the old
+    file whole. A torn last line (what a crash or a full disk leaves) is dropped; any other line
+    that is not JSON is an error naming the file, the line and the fix.
+
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
-    >>> _ = path.write_text('{"step": 5}\n{"step": 10}\n')
+    >>> _ = path.write_text('{"step": 5}\n{"step": 10}\n{"step": 1')
     >>> truncate_jsonl(path, 7)
     >>> path.read_text()
     '{"step": 5}\n'
     """
-    if not path.exists():
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if json.loads(r).get("step", 0) <= max_step]
-    path.write_text("".join(r + "\n" for r in kept))
+    except (OSError, UnicodeDecodeError) as e:
+        raise StorageError(f"cannot read {path}: {e}") from e
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if number == len(lines):
+                continue  # torn by a crash mid-write; its step is logged again
+            raise ValueError(
+                f"{path} line {number} is not a JSON row ({e}); delete that line and rerun."
+            ) from None
+        if row.get("step", 0) <= max_step:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    try:
+        tmp.write_text("".join(r + "\n" for r in kept))
+        tmp.replace(path)
+    except OSError as e:
+        raise StorageError(f"cannot rewrite {path}: {e}") from e
 
 
-class Progress:
-    """A tqdm bar over steps; a no-op unless enabled and stderr is a TTY.
+class Reporter:
+    """What a person watching the run sees: a tqdm bar on a terminal, plain lines elsewhere.
+
+    With stderr a terminal (and ``config.progress_bar``), one bar shows the latest training
+    metrics and evaluations are written above it. Otherwise (nohup, ssh --command, SLURM logs)
+    every log interval and every evaluation prints one line to stdout. Process 0 only.
 
     Example:
-      >>> bar = Progress(enabled=False, total=100, initial=0)  # config.progress_bar=False
-      >>> bar.update(); bar.show({"train_loss": 0.5}); bar.close()  # all no-ops
-      >>> bar.bar is None
-      True
+      >>> r = Reporter(bar=False, total=100, initial=0)
+      >>> r.start("Training tiny_mlp")
+      Training tiny_mlp
+      >>> r.train_row(50, {"epoch": 0.5, "train_loss": 0.5, "train_accuracy": 0.9,
+      ...     "sparsity": 0.25, "images_per_sec": 1e4}, seconds_left=95.0)
+      step 50/100 (epoch 0.50): loss 0.5000 accuracy 0.9000 sparsity 0.2500 10,000 img/s, 1m35s left
+      >>> r.eval_row(50, {"eval_accuracy": 0.875, "eval_loss": 0.4})
+      eval at step 50: accuracy 0.8750 loss 0.4000
     """
 
-    def __init__(self, enabled: bool, total: int, initial: int):
+    def __init__(self, bar: bool, total: int, initial: int):
+        self.active = jax.process_index() == 0
+        self.total, self.initial = total, initial
+        self.want_bar = bar and sys.stderr.isatty() and self.active
         self.bar = None
-        if enabled and sys.stderr.isatty() and jax.process_index() == 0:
+
+    def _print(self, line: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def start(self, line: str) -> None:
+        """Prints the run's first line, then opens the bar (so the line stays above it)."""
+        self._print(line)
+        if self.want_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step")
+            self.bar = tqdm(total=self.total, initial=self.initial, unit="step")
 
     def update(self, n: int = 1) -> None:
         """Advances the bar by `n` steps."""
         if self.bar is not None:
             self.bar.update(n)
 
-    def show(self, metrics: dict[str, float]) -> None:
-        """Shows loss, accuracy, sparsity and images/s of a metrics row next to the bar."""
-        if self.bar is None:
+    def train_row(self, step: int, row: dict[str, Any], seconds_left: float) -> None:
+        """A log interval's metrics: on the bar, or as one plain line."""
+        if self.bar is not None:
+            short = {
+                "loss": row.get("train_loss"),
+                "acc": row.get("train_accuracy"),
+                "sparsity": row.get("sparsity"),
+                "img/s": row.get("images_per_sec"),
+            }
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in short.items() if v is not None})
             return
-        short = {
-            "loss": metrics.get("train_loss"),
-            "acc": metrics.get("train_accuracy"),
-            "sparsity": metrics.get("sparsity"),
-            "img/s": metrics.get("images_per_sec"),
-        }
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in short.items() if v is not None})
+        self._print(
+            f"step {step}/{self.total} (epoch {row['epoch']:.2f}): loss {row['train_loss']:.4f} "
+            f"accuracy {row['train_accuracy']:.4f} sparsity {row['sparsity']:.4f} "
+            f"{row['images_per_sec']:,.0f} img/s, {_duration(seconds_left)} left"
+        )
+
+    def eval_row(self, step: int, metrics: dict[str, float]) -> None:
+        """An evaluation's metrics, as one line (above the bar, if there is one)."""
+        self._print(
+            f"eval at step {step}: accuracy {metrics['eval_accuracy']:.4f} "
+            f"loss {metrics['eval_loss']:.4f}"
+        )
 
     def close(self) -> None:
-        """Closes the bar (leaves the final line on the terminal)."""
+        """Closes the bar (leaves its final state on the terminal)."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        """Any other line for the person watching (e.g. the summary)."""
+        self._print(text)
+
+
+def _duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '42s'.
+
+    >>> _duration(3725), _duration(185), _duration(41.6)
+    ('1h02m', '3m05s', '42s')
+    """
+    s = round(max(seconds, 0.0))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:

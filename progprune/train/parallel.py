@@ -23,6 +23,14 @@ from progprune.train.state import TrainState, to_host
 from progprune.train.steps import AXIS
 
 PyTree = Any
+# Train steps that may be queued ahead of the host when several CPU devices share one process.
+# XLA:CPU runs every device's part of a program on one fixed-size thread pool and gang-schedules
+# collectives: a participant that reaches an all-reduce blocks its thread until the other
+# devices' participants arrive. With a deep queue of dispatched steps (measured: > 35 steps on
+# 8 devices, > 100 all-reduces on 2) one device's next participant never gets a thread and XLA
+# aborts after its 40 s rendezvous timeout (benchmarks/results/cpu_collective_queue.json). Two
+# steps in flight keep the host one step ahead, which is all the overlap a CPU step can use.
+CPU_STEPS_IN_FLIGHT = 2
 
 
 class Launcher(NamedTuple):
@@ -66,6 +74,28 @@ def select_devices(num_devices: int) -> list:
             f"use 0 (all) or a number in 1..{len(devices)}."
         )
     return devices[: num_devices or len(devices)]
+
+
+def steps_in_flight(devices: Sequence, requested: int = 0) -> int | None:
+    """How many train steps the host may dispatch before waiting for the oldest one.
+
+    ``requested > 0`` (``config.max_steps_in_flight``) is taken as it is. Otherwise several CPU
+    devices get `CPU_STEPS_IN_FLIGHT` (deeper queues deadlock XLA:CPU's collectives); one
+    device and GPU/TPU devices are not bounded (``None``): there every device executes its
+    programs in dispatch order on its own stream, and every step runs the same sequence of
+    collectives on every device (none inside a branch or a data-dependent loop;
+    tests/test_train_multidevice.py checks the compiled step), so a deep queue cannot stall.
+
+    >>> steps_in_flight(jax.devices()[:1]) is None
+    True
+    >>> steps_in_flight(jax.devices()[:1], requested=4)
+    4
+    """
+    if requested > 0:
+        return requested
+    if len(devices) > 1 and devices[0].platform == "cpu":
+        return CPU_STEPS_IN_FLIGHT
+    return None
 
 
 def _floats(tree: PyTree) -> dict[str, float]:
@@ -149,7 +179,9 @@ def make_launcher(
     >>> make_launcher("pmap", step, lambda s, x, y: {}, jax.devices()[:1]).num_devices
     1
     """
-    launchers = {"shard_map": shard_map_launcher, "pmap": pmap_launcher}
-    if kind not in launchers:
-        raise ValueError(f"config.parallel={kind!r}; use one of {sorted(launchers)}.")
-    return launchers[kind](train_step, eval_step, devices)
+    if kind not in LAUNCHERS:
+        raise ValueError(f"config.parallel={kind!r}; use one of {sorted(LAUNCHERS)}.")
+    return LAUNCHERS[kind](train_step, eval_step, devices)
+
+
+LAUNCHERS = {"shard_map": shard_map_launcher, "pmap": pmap_launcher}  # config.parallel

@@ -1,4 +1,10 @@
-"""Config and workdir checks that run before any work: one clear error naming key and fix."""
+"""Config and workdir checks that run before any work: one clear error naming key and fix.
+
+A locked ``ConfigDict`` (as ``configs/*.py`` and the command line build them) already rejects
+unknown keys and values of the wrong type. What is left are choices and ranges. Each list of
+choices lives next to what it chooses (models, data sets, methods, distributions, optimizers,
+launchers) and is only looked up here; the sparsity rule is the core's own.
+"""
 
 from __future__ import annotations
 
@@ -9,141 +15,98 @@ from typing import Any
 
 import ml_collections
 
-# Every key the trainer reads, with the types it accepts. A key outside this table is a typo.
-_NUM = (int, float)
-_STR_OR_NONE = (str, type(None))
-SCHEMA: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "data.name": (str,),
-    "data.data_dir": _STR_OR_NONE,
-    "data.source": (str,),
-    "data.augment": (bool,),
-    "data.train_split": (str,),
-    "data.eval_split": (str,),
-    "num_epochs": _NUM,
-    "num_train_steps": (int,),
-    "batch_size": (int,),
-    "eval_batch_size": (int,),
-    "optimizer": (str,),
-    "learning_rate": _NUM,
-    "momentum": _NUM,
-    "nesterov": (bool,),
-    "weight_decay": _NUM,
-    "lr_schedule": (str,),
-    "warmup_epochs": _NUM,
-    "lr_decay_fractions": (tuple, list),
-    "lr_decay_factor": _NUM,
-    "pruning.method": (str,),
-    "pruning.sparsity": _NUM,
-    "pruning.begin_fraction": _NUM,
-    "pruning.end_fraction": _NUM,
-    "pruning.update_every": (int,),
-    "pruning.distribution": (str,),
-    "pruning.prunable": _STR_OR_NONE,
-    "pruning.oneshot_fraction": _NUM,
-    "pruning.imp_rounds": (int,),
-    "pruning.imp_rate": _NUM,
-    "pruning.imp_sparsities": (tuple, list),
-    "pruning.rewind_step": (int,),
-    "pruning.score_batches": (int,),
-    "pruning.random_distribution": (str,),
-    "seed": (int,),
-    "dtype": (str,),
-    "parallel": (str,),
-    "num_devices": (int,),
-    "log_every_steps": (int,),
-    "eval_every_epochs": _NUM,
-    "checkpoint_every_steps": (int,),
-    "max_to_keep": (int,),
-    "async_checkpointing": (bool,),
-    "progress_bar": (bool,),
-    "overwrite": (bool,),
-}
-
-CHOICES = {
-    "optimizer": ("sgd", "adam"),
-    "lr_schedule": ("cosine", "step", "constant"),
-    "dtype": ("float32", "bfloat16"),
-    "parallel": ("shard_map", "pmap"),
-    "pruning.distribution": ("global", "uniform", "erk"),
-    "pruning.random_distribution": ("erk", "uniform"),
-}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+from progprune.schedules import check_sparsity
 
 
 def _fail(key: str, value: Any, why: str, fix: str) -> ValueError:
     return ValueError(f"config.{key}={value!r} is invalid: {why}. Fix: {fix}")
 
 
-def check_schema(flat: dict) -> None:
-    """Unknown keys, missing keys and wrong types, given the flattened (dotted-key) config.
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
 
-    >>> check_schema({"modle": "lenet5"})
-    Traceback (most recent call last):
-    ValueError: unknown config key(s) config.modle; start from configs/default.py and check ...
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Each config field that names a choice, and the choices, from the module that owns them.
+
+    >>> choices()["pruning.method"][:3]
+    ('dense', 'progressive', 'gmp')
     """
-    unknown = sorted(set(flat) - set(SCHEMA))
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {', '.join('config.' + k for k in unknown)}; "
-            "start from configs/default.py and check the spelling."
-        )
-    missing = sorted(set(SCHEMA) - set(flat))
-    if missing:
-        raise ValueError(f"missing config key(s) {missing}; start from configs/default.py.")
-    for key, types in SCHEMA.items():
-        value = flat[key]
-        # bool is an int subclass; a flag is never a number here.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = "/".join(t.__name__ for t in types)
-            raise _fail(key, value, f"expected {names}", f"set a {names} value")
+    from progprune import DISTRIBUTIONS, data, methods, models
+    from progprune.data.sources import SOURCES
+    from progprune.methods import random_masks
+    from progprune.train import build, parallel
+
+    return {
+        "model": models.MODEL_NAMES,
+        "data.name": data.DATASET_NAMES,
+        "data.source": SOURCES,
+        "optimizer": build.OPTIMIZERS,
+        "lr_schedule": build.LR_SCHEDULES,
+        "dtype": tuple(build.DTYPES),
+        "parallel": tuple(parallel.LAUNCHERS),
+        "pruning.method": methods.METHODS,
+        "pruning.distribution": DISTRIBUTIONS,
+        "pruning.random_distribution": random_masks.DISTRIBUTIONS,
+    }
 
 
-def check_values(flat: dict, num_devices: int) -> None:
-    """Ranges, choices and divisibility, given a flattened config that passed `check_schema`.
+def _number(config: ml_collections.ConfigDict, key: str) -> float:
+    value = _get(config, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, value, "expected a number", "pass a number")
+    return value
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Choices, ranges and divisibility of a full trainer config; raises ValueError.
 
     Example:
       >>> from configs import tiny
-      >>> flat = _flatten(tiny.get_config().to_dict())
-      >>> check_values(flat, num_devices=3)
+      >>> check_config(tiny.get_config(), num_devices=3)
       Traceback (most recent call last):
       ValueError: config.batch_size=64 is invalid: not divisible by the 3 devices in use. Fix: ...
     """
-    from progprune import data, models
-    from progprune.methods import METHODS
-
-    choices = dict(CHOICES, **{"pruning.method": METHODS, "model": models.MODEL_NAMES})
-    choices["data.name"] = data.DATASET_NAMES
-    for key, allowed in choices.items():
-        if flat[key] not in allowed:
-            raise _fail(key, flat[key], "unknown choice", f"use one of {tuple(allowed)}")
-    s = flat["pruning.sparsity"]
-    if not 0.0 <= s < 1.0:
-        raise _fail("pruning.sparsity", s, "must be in [0, 1)", "e.g. 0.9 for 90% sparsity")
-    b, e = flat["pruning.begin_fraction"], flat["pruning.end_fraction"]
+    for key, allowed in choices().items():
+        if _get(config, key) not in allowed:
+            raise _fail(key, _get(config, key), "unknown choice", f"use one of {tuple(allowed)}")
+    check_sparsity(config.pruning.sparsity, "config.pruning.sparsity")
+    for i, target in enumerate(config.pruning.imp_sparsities):
+        check_sparsity(target, f"config.pruning.imp_sparsities[{i}]")
+    if not 0.0 < config.pruning.imp_rate <= 1.0:
+        raise _fail(
+            "pruning.imp_rate",
+            config.pruning.imp_rate,
+            "must be in (0, 1]",
+            "e.g. 0.2 (each IMP round prunes 20% of the remaining weights)",
+        )
+    b, e = config.pruning.begin_fraction, config.pruning.end_fraction
     if not 0.0 <= b <= e <= 1.0:
         raise _fail("pruning.end_fraction", e, f"need 0 <= begin ({b}) <= end <= 1", "reorder")
+    if not 0.0 <= config.pruning.oneshot_fraction <= 1.0:
+        raise _fail(
+            "pruning.oneshot_fraction",
+            config.pruning.oneshot_fraction,
+            "must be in [0, 1]",
+            "e.g. 0.5 to prune at half of training",
+        )
     positive = ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps")
     for key in (*positive, "max_to_keep", "learning_rate", "eval_every_epochs"):
-        if flat[key] <= 0:
-            raise _fail(key, flat[key], "must be > 0", "use a positive value")
-    if flat["num_train_steps"] <= 0 and flat["num_epochs"] <= 0:
-        raise _fail("num_epochs", flat["num_epochs"], "no training steps", "set num_epochs > 0")
+        if _number(config, key) <= 0:
+            raise _fail(key, _get(config, key), "must be > 0", "use a positive value")
+    for key in ("max_steps_in_flight", "pruning.update_every", "num_devices"):
+        if _number(config, key) < 0:
+            raise _fail(key, _get(config, key), "must be >= 0", "0 = automatic")
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise _fail("num_epochs", config.num_epochs, "no training steps", "set num_epochs > 0")
     for key in ("batch_size", "eval_batch_size"):
-        if flat[key] % num_devices:
+        if _get(config, key) % num_devices:
             raise _fail(
                 key,
-                flat[key],
+                _get(config, key),
                 f"not divisible by the {num_devices} devices in use",
                 f"use a multiple of {num_devices} or set config.num_devices",
             )
@@ -183,7 +146,5 @@ def validate(
       >>> validate(tiny.get_config(), tempfile.mkdtemp(), num_devices=1).is_absolute()
       True
     """
-    flat = _flatten(config.to_dict())
-    check_schema(flat)
-    check_values(flat, num_devices)
+    check_config(config, num_devices)
     return check_workdir(workdir)
