@@ -105,7 +105,21 @@ def _lenet5_fashion_mnist(method: str):
 
 
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="needs dataset-fashion-mnist")
-@pytest.mark.parametrize("method", ["snip", "grasp"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "snip",
+        pytest.param(
+            "grasp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=FloatingPointError,
+                reason="GraSP at 90% makes LeNet-5's loss non-finite within a few steps at the "
+                "config's learning rate (as in the LeNet-5 sweep, fmnist_lenet5_cpu.md)",
+            ),
+        ),
+    ],
+)
 def test_at_init_methods_on_lenet5_and_real_fashion_mnist(tmp_path, method):
     config = _lenet5_fashion_mnist(method)
     summary = train_and_evaluate(config, str(tmp_path))
