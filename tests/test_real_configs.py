@@ -124,8 +124,8 @@ def test_at_init_methods_on_lenet5_and_real_fashion_mnist(tmp_path, method):
     config = _lenet5_fashion_mnist(method)
     summary = train_and_evaluate(config, str(tmp_path))
     _assert_fixed_masks_trained(config, tmp_path, summary, 0.9)
-    # 60 steps of batch 128 at 90% sparsity: far above chance (0.1).
-    assert summary["eval_accuracy"] > 0.5, summary["eval_accuracy"]
+    # 60 steps of batch 128 at 90% sparsity; measured with SNIP: 0.7653 (chance: 0.1).
+    assert summary["eval_accuracy"] > 0.74, summary["eval_accuracy"]
 
 
 @pytest.mark.parametrize(
