@@ -81,6 +81,11 @@ def test_one_shot_step(step):
     _raises(r"step must be an integer >= 0", progprune.one_shot_schedule, 0.5, step)
 
 
+@pytest.mark.parametrize("power", [0.0, -1.0])
+def test_polynomial_power(power):
+    _raises(r"power must be positive", progprune.polynomial_schedule, 0.5, 0, 10, power=power)
+
+
 def test_sparsity_check_returns_a_python_float():
     from progprune.schedules import check_sparsity
 

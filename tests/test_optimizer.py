@@ -294,6 +294,34 @@ def test_pruned_entries_stay_pruned_at_the_next_update_even_when_large(distribut
     assert_pruned_are_zero(optax.apply_updates(params, updates), state.masks)
 
 
+def test_masks_set_at_init_are_kept_by_the_scheduled_updates_that_follow():
+    # A ticket chosen at init (here: random, 30% of each kernel) and then progressive pruning to
+    # 60%: set_masks does not zero the weights, so at the first update the pruned entries still
+    # have their (often large) values; they must stay pruned through every later update.
+    schedule = progprune.linear_schedule(0.6, begin_step=0, end_step=6, initial_sparsity=0.3)
+    tx = progprune.masked(optax.sgd(0.1, momentum=0.5), schedule, update_every=2)
+    params = init_params(3)
+    rng = np.random.default_rng(0)
+    ticket = jax.tree.map(
+        lambda w: jnp.asarray(
+            rng.random(w.shape) >= 0.3 if w.ndim >= 2 else np.ones(w.shape, bool)
+        ),
+        params,
+    )
+    state = progprune.set_masks(tx.init(params), ticket)
+    step, masks = make_step(tx), ticket
+    for x, y in batches(8):
+        params, state = step(params, state, x, y)
+        new = progprune.get_masks(state)
+        for old, m in zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True):
+            assert not np.any(np.asarray(m) & ~np.asarray(old))  # nothing revived
+        masks = new
+    for t, m in zip(jax.tree.leaves(ticket), jax.tree.leaves(masks), strict=True):
+        assert not np.any(np.asarray(m) & ~np.asarray(t))  # the ticket's pruned stay pruned
+    assert n_pruned(masks) == round(0.6 * N_PRUNABLE)
+    assert_pruned_are_zero(params, masks)
+
+
 def test_fixed_masks_updated_outside_the_step_equal_the_scheduled_wrapper():
     # The pattern the README offers for the cheapest steps: masked(inner, None), with the masks
     # recomputed by a separately jitted mask_updater and set_masks on the update steps.

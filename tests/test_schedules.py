@@ -148,3 +148,10 @@ def test_ramps_end_exactly_on_the_final_sparsity(make):
     for step in (12, 13, 1000):
         assert schedule(step) == np.float32(0.3), step
     assert schedule(0) == np.float32(0.01) and schedule(2) == np.float32(0.01)
+
+
+def test_one_shot_at_step_zero_and_the_edges_of_validity():
+    schedule = progprune.one_shot_schedule(0.5, step=0)  # prune at the very first step
+    assert schedule(0) == np.float32(0.5)
+    assert 0 < progprune.polynomial_schedule(0.5, 0, 10, power=1e-3)(5) < 0.5  # any power > 0
+    assert progprune.linear_schedule(0.5, begin_step=0, end_step=1)(1) == np.float32(0.5)
