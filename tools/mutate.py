@@ -20,6 +20,7 @@ Usage (CPU heavy: one pytest process per mutant; pin it where it disturbs nothin
         --out experiments/results/mutation/select.json
 
     python tools/mutate.py progprune/select.py --list          # the mutants, without running
+    python tools/mutate.py --summary experiments/results/mutation/*.json   # a table
     python tools/mutate.py progprune/select.py --ids 12 40 \
         --out experiments/results/mutation/select.json        # rerun a few, merged in
 
@@ -411,9 +412,29 @@ def run_mutants(module: str, mutants: list[Mutant], tests: list[str], timeout: f
         shutil.rmtree(work, ignore_errors=True)
 
 
+def summary(paths: list[str]) -> str:
+    """A markdown table of reports: per module, mutants run / killed / survived / timed out."""
+    lines = [
+        "| module | commit | mutants (of enumerated) | killed | survived | timeout | caught |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        commits = sorted({m["commit"][:7] for m in r["mutants"]})
+        lines.append(
+            f"| `{r['module']}` | {', '.join(commits)} | {len(r['mutants'])} "
+            f"(of {r.get('enumerated', '?')}) | "
+            f"{r['killed']} | {r['survived']} | {r['timeout']} | {r['caught_fraction']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("module", help="path of the module to mutate, e.g. progprune/select.py")
+    parser.add_argument(
+        "module", nargs="?", help="path of the module to mutate, e.g. progprune/select.py"
+    )
+    parser.add_argument("--summary", nargs="+", help="print a table of these JSON reports")
     parser.add_argument(
         "--tests", nargs="+", help="pytest arguments (default: the module's entry in SUITES)"
     )
@@ -425,6 +446,11 @@ def main() -> None:
     parser.add_argument("--out", help="JSON report; with --ids, the rerun mutants are merged in")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
+    if not args.module:
+        parser.error("a module to mutate is required (or --summary)")
 
     commit = _git("rev-parse", "HEAD")
     source = _git("show", f"{commit}:{args.module}") + "\n"
@@ -445,10 +471,10 @@ def main() -> None:
     preload()
     out = Path(args.out) if args.out else None
     report = {"module": args.module, "commit": commit, "tests": tests, "every": args.every}
-    report["enumerated"] = len(mutants)
     if out and args.ids is not None and out.exists():  # a rerun of a few: keep the rest
         report = json.loads(out.read_text())
         report.setdefault("reruns", []).append({"commit": commit, "ids": args.ids, "tests": tests})
+    report["enumerated"] = len(mutants)
     report["run_commit"] = commit
     results = []
     for result in run_mutants(args.module, chosen, tests, args.timeout, report):
