@@ -43,7 +43,7 @@ def order_keys(scores: jax.Array, active: jax.Array | None = None) -> jax.Array:
     """Maps float scores to uint32 keys with the same order; inactive entries get key 0.
 
     Active keys are always >= 1, so inactive (already pruned) entries rank below every active
-    one. -0.0 is folded into +0.0 so equal values tie; NaN ranks above +inf.
+    one. -0.0 is folded into +0.0 so equal values tie; NaN ranks as +inf (above every number).
     """
     x = scores.astype(jnp.float32)
     x = jnp.where(x == 0, jnp.float32(0), x)

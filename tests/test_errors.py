@@ -3,6 +3,7 @@
 import re
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -49,6 +50,48 @@ def test_sparsity_outside_unit_interval(make, name, bad):
 def test_end_before_begin(make):
     message = _raises(r"\bend_step\b", make, 0.5, begin_step=10, end_step=5)
     assert "begin_step" in message
+
+
+@pytest.mark.parametrize(
+    "make", [progprune.linear_schedule, progprune.polynomial_schedule, progprune.cosine_schedule]
+)
+@pytest.mark.parametrize(
+    ("begin", "end", "match"),
+    [
+        (5, 5, r"end_step must be greater than begin_step"),
+        (-1, 10, r"begin_step must be >= 0, got -1"),
+        (1.5, 10, r"begin_step and end_step must be integers"),
+        (0, 10.5, r"begin_step and end_step must be integers"),
+    ],
+)
+def test_ramp_steps(make, begin, end, match):
+    _raises(match, make, 0.5, begin_step=begin, end_step=end)
+
+
+@pytest.mark.parametrize("bad", ["lots", None, [0.5]])
+def test_sparsity_that_is_not_a_number(bad):
+    message = _raises(
+        r"final_sparsity must be a number in \[0, 1\), got", progprune.linear_schedule, bad, 0, 10
+    )
+    assert repr(bad) in message
+
+
+@pytest.mark.parametrize("step", [-1, 2.5])
+def test_one_shot_step(step):
+    _raises(r"step must be an integer >= 0", progprune.one_shot_schedule, 0.5, step)
+
+
+@pytest.mark.parametrize("power", [0.0, -1.0])
+def test_polynomial_power(power):
+    _raises(r"power must be positive", progprune.polynomial_schedule, 0.5, 0, 10, power=power)
+
+
+def test_sparsity_check_returns_a_python_float():
+    from progprune.schedules import check_sparsity
+
+    for value in (np.float32(0.25), jnp.float32(0.25), np.asarray(0.25), 0.25):
+        got = check_sparsity(value, "sparsity")
+        assert type(got) is float and got == 0.25
 
 
 @pytest.mark.parametrize("update_every", [0, -3])

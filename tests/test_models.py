@@ -6,6 +6,7 @@ Big models are only traced (`jax.eval_shape`), never run, except in tests marked
 from __future__ import annotations
 
 import doctest
+import functools
 import importlib
 
 import flax.linen as nn
@@ -137,6 +138,36 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(name):
     variables, logits = _abstract_init(get_model(name, 10, dtype=jnp.bfloat16), CIFAR)
     assert logits.dtype == jnp.float32
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, nested ones (jit, custom_jvp, ...) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else [param]:
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+@pytest.mark.parametrize(("name", "shape", "kw", "num_kernels"), [s[:3] + s[4:] for s in SPECS])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_every_matmul_and_conv_computes_in_the_models_dtype(name, shape, kw, num_kernels, dtype):
+    # Traced, not run: the jaxpr shows the dtype each layer really computes in, in both modes.
+    model = get_model(name, 10, dtype=dtype, **kw)
+    variables, _ = _abstract_init(model, shape)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    for train in (False, True):
+        mutable = ["batch_stats"] if train and "batch_stats" in variables else False
+        apply = functools.partial(model.apply, train=train, mutable=mutable)
+        ops = [
+            e
+            for e in _eqns(jax.make_jaxpr(apply)(variables, x).jaxpr)
+            if e.primitive.name in ("dot_general", "conv_general_dilated")
+        ]
+        assert len(ops) == num_kernels  # one per kernel: every layer is checked
+        assert {v.aval.dtype for e in ops for v in e.invars} == {jnp.dtype(dtype)}
 
 
 @pytest.mark.parametrize("model", [TinyCNN(dtype=jnp.bfloat16), LeNet5(dtype=jnp.bfloat16)])

@@ -263,6 +263,65 @@ def test_masks_recomputed_only_on_update_steps_from_pre_update_params():
     assert n_pruned(state.masks) == round(float(schedule(9)) * N_PRUNABLE)
 
 
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+def test_pruned_entries_stay_pruned_at_the_next_update_even_when_large(distribution):
+    # Masks set from outside prune the *largest* weights, which are not zeroed until the next
+    # update; that update also recomputes the masks (schedule 0.25 -> 0.5): the pruned entries
+    # must stay pruned although they now have the largest magnitudes, and only the smallest
+    # active ones join them.
+    schedule = lambda c: jnp.where(c == 0, 0.25, 0.5)
+    tx = progprune.masked(optax.sgd(0.1), schedule, distribution=distribution)
+    params = init_params()
+    state = tx.init(params)
+    big = jax.tree.map(lambda w: jnp.abs(w) >= jnp.quantile(jnp.abs(w), 0.75), params)
+    state = state._replace(count=jnp.int32(1), sparsity=jnp.float32(0.25))  # masks of step 0
+    state = progprune.set_masks(
+        state,
+        jax.tree.map(lambda b, w: ~b if w.ndim >= 2 else jnp.ones(w.shape, bool), big, params),
+    )
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    for b, m, w in zip(*map(jax.tree.leaves, (big, state.masks, params)), strict=True):
+        b, m, w = np.asarray(b), np.asarray(m), np.abs(np.asarray(w))
+        if w.ndim < 2:
+            continue
+        assert not np.any(m & b)  # none revived
+        newly = ~m & ~b
+        assert newly.sum() > 0 and w[newly].max() <= w[m].min()
+    assert n_pruned(state.masks) == (
+        round(0.5 * N_PRUNABLE) if distribution == "global" else round(0.5 * 32) + round(0.5 * 24)
+    )
+    assert_pruned_are_zero(optax.apply_updates(params, updates), state.masks)
+
+
+def test_masks_set_at_init_are_kept_by_the_scheduled_updates_that_follow():
+    # A ticket chosen at init (here: random, 30% of each kernel) and then progressive pruning to
+    # 60%: set_masks does not zero the weights, so at the first update the pruned entries still
+    # have their (often large) values; they must stay pruned through every later update.
+    schedule = progprune.linear_schedule(0.6, begin_step=0, end_step=6, initial_sparsity=0.3)
+    tx = progprune.masked(optax.sgd(0.1, momentum=0.5), schedule, update_every=2)
+    params = init_params(3)
+    rng = np.random.default_rng(0)
+    ticket = jax.tree.map(
+        lambda w: jnp.asarray(
+            rng.random(w.shape) >= 0.3 if w.ndim >= 2 else np.ones(w.shape, bool)
+        ),
+        params,
+    )
+    state = progprune.set_masks(tx.init(params), ticket)
+    step, masks = make_step(tx), ticket
+    for x, y in batches(8):
+        params, state = step(params, state, x, y)
+        new = progprune.get_masks(state)
+        for old, m in zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True):
+            assert not np.any(np.asarray(m) & ~np.asarray(old))  # nothing revived
+        masks = new
+    for t, m in zip(jax.tree.leaves(ticket), jax.tree.leaves(masks), strict=True):
+        assert not np.any(np.asarray(m) & ~np.asarray(t))  # the ticket's pruned stay pruned
+    assert n_pruned(masks) == round(0.6 * N_PRUNABLE)
+    assert_pruned_are_zero(params, masks)
+
+
 def test_fixed_masks_updated_outside_the_step_equal_the_scheduled_wrapper():
     # The pattern the README offers for the cheapest steps: masked(inner, None), with the masks
     # recomputed by a separately jitted mask_updater and set_masks on the update steps.

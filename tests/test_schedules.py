@@ -135,3 +135,23 @@ def test_schedule_does_not_recompile_for_new_steps(as_array):
     for step in range(0, 120, 7):
         f(jnp.asarray(step, jnp.int32) if as_array else step)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    "make", [progprune.linear_schedule, progprune.polynomial_schedule, progprune.cosine_schedule]
+)
+def test_ramps_end_exactly_on_the_final_sparsity(make):
+    # float32(0.01) + float32(0.3 - 0.01) is one ulp off float32(0.3): the end of the ramp must
+    # give the final value itself, or round(s * N) can miss the target count.
+    assert np.float32(0.01) + np.float32(0.3 - 0.01) != np.float32(0.3)
+    schedule = make(0.3, begin_step=2, end_step=12, initial_sparsity=0.01)
+    for step in (12, 13, 1000):
+        assert schedule(step) == np.float32(0.3), step
+    assert schedule(0) == np.float32(0.01) and schedule(2) == np.float32(0.01)
+
+
+def test_one_shot_at_step_zero_and_the_edges_of_validity():
+    schedule = progprune.one_shot_schedule(0.5, step=0)  # prune at the very first step
+    assert schedule(0) == np.float32(0.5)
+    assert 0 < progprune.polynomial_schedule(0.5, 0, 10, power=1e-3)(5) < 0.5  # any power > 0
+    assert progprune.linear_schedule(0.5, begin_step=0, end_step=1)(1) == np.float32(0.5)

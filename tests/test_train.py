@@ -114,8 +114,10 @@ def test_summary_and_metrics(tiny_run):
     on_disk = json.loads((workdir / "summary.json").read_text())
     assert on_disk == summary
     assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3)  # the target, reached exactly
-    assert summary["eval_accuracy"] > 0.7  # 2 epochs of a tiny MLP on real digits
-    assert 0 < summary["eval_loss"] < 2.3  # better than chance (ln 10)
+    # 2 epochs of a tiny MLP on real digits at 50% sparsity: measured 0.8639 (311 of 360) and
+    # loss 0.553; a change that costs ten test images or more fails here.
+    assert summary["eval_accuracy"] > 0.835
+    assert 0 < summary["eval_loss"] < 0.65  # chance is ln 10 = 2.3
     assert summary["steps"] == 44 and summary["epochs"] == 2.0
     assert set(summary["per_layer_sparsity"]) == {"fc1/kernel", "fc2/kernel"}
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,7 @@
 
 Each process has 2 CPU devices; the 2-process run must match a 1-process run on 4 devices
 with the same global batch (same final params within 1e-5, identical metrics rows up to
-float noise), and only process 0 writes the run's files.
+float noise), and only process 0 writes the run's files (checked on the files themselves).
 """
 
 from __future__ import annotations
@@ -81,3 +81,19 @@ def test_two_processes_match_one(tmp_path):
     assert sb["eval_accuracy"] == pytest.approx(sa["eval_accuracy"], abs=1e-6)
     assert sb["sparsity"] == sa["sparsity"]
     assert "eval_accuracy" in outs[0][0] and "eval_accuracy" not in outs[1][0]  # process 0 only
+    _assert_written_once(tmp_path / "single", workdir)
+
+
+def _assert_written_once(single: Path, multi: Path) -> None:
+    """The shared workdir holds what one writer writes: had process 1 written too, rows would
+    be doubled and a second (or a doubled) TensorBoard file would appear."""
+
+    def rows(workdir: Path) -> list[tuple]:
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], tuple(sorted(r))) for r in map(json.loads, lines)]
+
+    assert rows(multi) == rows(single)
+    events = [sorted((w / "tensorboard").glob("events.out.tfevents*")) for w in (single, multi)]
+    assert [len(e) for e in events] == [1, 1]
+    sizes = [e[0].stat().st_size for e in events]
+    assert sizes[1] < 1.5 * sizes[0], sizes

@@ -152,7 +152,15 @@ def initial_masks(
       rng: key for the random method.
 
     Example:
-      >>> masks = initial_masks(cfg, params, loss_fn, batches, jax.random.key(0))  # doctest: +SKIP
+      >>> import jax.numpy as jnp
+      >>> from configs.default import get_pruning_config
+      >>> cfg = get_pruning_config()
+      >>> cfg.method, cfg.sparsity = "snip", 0.5
+      >>> loss_fn = lambda p, x: jnp.sum((x @ p["w"]) ** 2)
+      >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+      >>> masks = initial_masks(cfg, params, loss_fn, [jnp.ones((1, 2))], jax.random.key(0))
+      >>> masks["w"].tolist()
+      [[False, True], [False, True]]
     """
     check_method(pruning.method)
     kw = {"prunable": pruning.prunable}

@@ -96,7 +96,10 @@ def grasp_masks(
     Returns:
       A pytree of bool arrays shaped like ``params``.
 
-    >>> masks = grasp_masks(loss_fn, params, [(x, y)], 0.98)  # doctest: +SKIP
+    >>> loss = lambda p, b: 0.5 * jnp.sum(b * p["w"] ** 2)  # score = -w * H g = -b**2 w**2
+    >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+    >>> grasp_masks(loss, params, [jnp.ones((2, 2))], 0.5)["w"].tolist()  # the highest go
+    [[False, True], [False, True]]
     """
     scores = grasp_scores(loss_fn, params, batches)
     return progprune.prune_to_sparsity(

@@ -95,7 +95,10 @@ def random_masks(
     Returns:
       A pytree of bool arrays shaped like ``params``.
 
-    >>> masks = random_masks(jax.random.key(0), params, 0.9)  # doctest: +SKIP
+    >>> params = {"b": jnp.zeros(5), "k": jnp.zeros((4, 5))}
+    >>> masks = random_masks(jax.random.key(0), params, 0.75, distribution="uniform")
+    >>> int((~masks["k"]).sum()), bool(masks["b"].all())
+    (15, True)
     """
     leaves, treedef = jax.tree.flatten(params)
     is_prunable = jax.tree.leaves(progprune.prunable_mask(params, prunable))

@@ -79,7 +79,10 @@ def snip_masks(
     Returns:
       A pytree of bool arrays shaped like ``params``.
 
-    >>> masks = snip_masks(loss_fn, params, [(x, y)], 0.9)  # doctest: +SKIP
+    >>> loss = lambda p, x: jnp.sum((x @ p["w"]) ** 2)  # |w * g| = [[3, 4], [1.5, 6]]
+    >>> params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+    >>> snip_masks(loss, params, [jnp.ones((1, 2))], 0.5)["w"].tolist()
+    [[False, True], [False, True]]
     """
     scores = snip_scores(loss_fn, params, batches)
     return progprune.prune_to_sparsity(scores, sparsity, prunable=prunable)
