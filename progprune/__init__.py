@@ -7,7 +7,7 @@ smallest-magnitude active weights are pruned. Models, data and training live in 
 
 from progprune.distributions import DISTRIBUTIONS, erk_densities
 from progprune.masks import mask_updater, prune_to_sparsity
-from progprune.optimizer import MaskedPruningState, get_masks, masked, set_masks
+from progprune.optimizer import MaskedPruningState, check_pruning, get_masks, masked, set_masks
 from progprune.prunable import prunable_mask
 from progprune.schedules import (
     Schedule,
@@ -25,6 +25,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "MaskedPruningState",
     "Schedule",
+    "check_pruning",
     "constant_schedule",
     "cosine_schedule",
     "erk_densities",

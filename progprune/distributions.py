@@ -18,9 +18,17 @@ from progprune.prunable import Prunable, leaves_with_paths, prunable_mask
 from progprune.schedules import check_sparsity
 from progprune.select import round_fraction
 
-DISTRIBUTIONS = ("global", "uniform", "erk")
+# The distributions that fix a density per layer (random masks need one of these).
+PER_LAYER_DISTRIBUTIONS = ("uniform", "erk")
+DISTRIBUTIONS = ("global", *PER_LAYER_DISTRIBUTIONS)
 
-__all__ = ["DISTRIBUTIONS", "check_distribution", "erk_densities", "layer_densities"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "PER_LAYER_DISTRIBUTIONS",
+    "check_distribution",
+    "erk_densities",
+    "layer_densities",
+]
 
 
 def check_distribution(distribution: str) -> str:

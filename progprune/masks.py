@@ -7,6 +7,7 @@ used with ``jax.tree.map`` against the params directly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from jax.typing import ArrayLike
 
 from progprune.distributions import check_distribution, layer_counts
 from progprune.prunable import Prunable, leaves_with_paths, prunable_mask
-from progprune.schedules import Schedule, check_sparsity
+from progprune.schedules import Schedule, bad_sparsity_message, check_schedule, check_sparsity
 from progprune.select import order_keys, select_smallest
 
 PyTree = Any
@@ -83,6 +84,45 @@ def _is_concrete(x: ArrayLike) -> bool:
     return True
 
 
+def valid_sparsity(sparsity: jax.Array) -> jax.Array:
+    """Whether a (traced) sparsity is in [0, 1); False for NaN."""
+    return (sparsity >= 0) & (sparsity < 1)
+
+
+def _raise_bad_sparsity(value: Any, step: Any, name: str) -> None:
+    raise ValueError(bad_sparsity_message(float(value), None if step is None else int(step), name))
+
+
+def _prune_valid(
+    score_fn: Callable[[], PyTree],
+    sparsity: jax.Array,
+    masks: PyTree | None,
+    distribution: str,
+    flags: list[bool],
+    step: jax.Array | None,
+    name: str,
+) -> PyTree:
+    """``_prune`` for a traced sparsity that may be outside [0, 1).
+
+    Such a value prunes nothing (the masks are returned unchanged) and raises, through a host
+    callback, when the result is computed: under ``jit`` no exception can be raised at the value
+    itself, and pruning a wrong amount (round() drops the sign of -0.5; 1.2 prunes everything)
+    must never pass silently. ``score_fn`` builds the scores inside the branch, where they fuse
+    into the selection instead of being written out first.
+    """
+    shapes = jax.eval_shape(score_fn)
+    keep = jax.tree.map(lambda x: jnp.ones(x.shape, bool), shapes) if masks is None else masks
+
+    def report():
+        jax.debug.callback(functools.partial(_raise_bad_sparsity, name=name), sparsity, step)
+        return keep
+
+    def prune():
+        return _prune(score_fn(), sparsity, masks, distribution, flags)
+
+    return jax.lax.cond(valid_sparsity(sparsity), prune, report)
+
+
 def prune_to_sparsity(
     scores: PyTree,
     sparsity: ArrayLike,
@@ -99,7 +139,9 @@ def prune_to_sparsity(
 
     Args:
       scores: pytree like the params (e.g. ``|w|``, or ``|w * g|`` for SNIP).
-      sparsity: fraction to prune, in [0, 1); may be traced.
+      sparsity: fraction to prune, in [0, 1); may be traced. A traced value outside [0, 1)
+        prunes nothing and raises when the result is computed (the error then arrives wrapped
+        in a ``JaxRuntimeError``).
       masks: optional current masks; only their active entries are ranked.
       distribution: ``"global"`` (one ranking over all prunable leaves), ``"uniform"`` (the same
         sparsity in every layer) or ``"erk"`` (Erdős–Rényi-Kernel per-layer densities).
@@ -114,12 +156,20 @@ def prune_to_sparsity(
       [[True, False], [False, True]]
     """
     check_distribution(distribution)
-    if _is_concrete(sparsity):
-        check_sparsity(sparsity, "sparsity")
+    if callable(scores) or callable(sparsity):
+        raise ValueError(
+            "prune_to_sparsity takes scores (a pytree of arrays like the params, e.g. "
+            "jax.tree.map(jnp.abs, params)) and a sparsity (a number in [0, 1)), not functions: "
+            "for a schedule, pass schedule(step), or use progprune.mask_updater(schedule)."
+        )
     flags = jax.tree.leaves(prunable_mask(scores, prunable))
     if masks is not None:
         masks = check_masks(masks, scores)
-    return _prune(scores, jnp.asarray(sparsity, jnp.float32), masks, distribution, flags)
+    if _is_concrete(sparsity):
+        check_sparsity(sparsity, "sparsity")
+        return _prune(scores, jnp.asarray(sparsity, jnp.float32), masks, distribution, flags)
+    sparsity = jnp.asarray(sparsity, jnp.float32)
+    return _prune_valid(lambda: scores, sparsity, masks, distribution, flags, None, "sparsity")
 
 
 def mask_updater(
@@ -130,6 +180,11 @@ def mask_updater(
     At ``step`` the returned function keeps the largest-magnitude active weights so that exactly
     ``round(schedule(step) * N)`` prunable weights are pruned (or as many as are pruned already,
     if more: masks only shrink). ``step`` may be traced, so a jitted updater compiles once.
+
+    The schedule is checked when the updater is built (see ``progprune.schedules.check_schedule``).
+    A value outside [0, 1) at a later step is never pruned to: with a concrete ``step`` the call
+    raises a ValueError; under ``jit`` the masks come back unchanged and the error is raised
+    when the result is computed (wrapped in a ``JaxRuntimeError``).
 
     Args:
       schedule: function ``step -> sparsity`` (e.g. :func:`progprune.linear_schedule`).
@@ -146,14 +201,19 @@ def mask_updater(
       [[True, False], [False, True]]
     """
     check_distribution(distribution)
-    if not callable(schedule):
-        raise ValueError(f"schedule must be a function step -> sparsity, got {schedule!r}.")
+    check_schedule(schedule)
 
     def update_masks(params: PyTree, step: ArrayLike, masks: PyTree | None = None) -> PyTree:
         flags = jax.tree.leaves(prunable_mask(params, prunable))
         if masks is not None:
             masks = check_masks(masks, params)
-        scores = jax.tree.map(jnp.abs, params)
-        return _prune(scores, schedule(step), masks, distribution, flags)
+        sparsity = jnp.asarray(schedule(step), jnp.float32)
+        scores = functools.partial(jax.tree.map, jnp.abs, params)
+        if _is_concrete(sparsity):
+            if not valid_sparsity(sparsity):
+                raise ValueError(bad_sparsity_message(float(sparsity), step))
+            return _prune(scores(), sparsity, masks, distribution, flags)
+        step = jnp.asarray(step, jnp.int32)
+        return _prune_valid(scores, sparsity, masks, distribution, flags, step, "schedule")
 
     return update_masks

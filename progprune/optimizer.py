@@ -6,17 +6,58 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
 from progprune.distributions import check_distribution
-from progprune.masks import _prune, all_true_masks, check_masks
+from progprune.masks import _is_concrete, _prune, all_true_masks, check_masks, valid_sparsity
 from progprune.prunable import Prunable, prunable_mask
-from progprune.schedules import Schedule
+from progprune.schedules import Schedule, bad_sparsity_message, check_schedule
+from progprune.select import count_true
 
 PyTree = Any
 
-__all__ = ["MaskedPruningState", "get_masks", "masked", "set_masks"]
+__all__ = [
+    "MaskedPruningState",
+    "PruningFaults",
+    "check_pruning",
+    "get_masks",
+    "masked",
+    "set_masks",
+]
+
+
+class PruningFaults(NamedTuple):
+    """What :func:`masked` found wrong, recorded under ``jit`` for :func:`check_pruning`.
+
+    Only the first fault of each kind is kept; a healthy state keeps the initial values.
+
+    Attributes:
+      bad_sparsity_step: the first step (update count) at which the schedule returned a value
+        outside [0, 1) (NaN included), or -1. Masks are not updated at such a step.
+      bad_sparsity: that value (float32).
+      unzeroed_step: the first update whose params held pruned weights other than 0.0, or -1.
+      unzeroed: how many pruned weights were not 0.0 then (int32).
+      nonfinite: how many of those were NaN or inf (int32).
+    """
+
+    bad_sparsity_step: jax.Array
+    bad_sparsity: jax.Array
+    unzeroed_step: jax.Array
+    unzeroed: jax.Array
+    nonfinite: jax.Array
+
+
+def _no_faults() -> PruningFaults:
+    # A fresh array per field: a training step that donates its state cannot donate one twice.
+    def none():
+        return jnp.full([], -1, jnp.int32)
+
+    def zero():
+        return jnp.zeros([], jnp.int32)
+
+    return PruningFaults(none(), jnp.zeros([], jnp.float32), none(), zero(), zero())
 
 
 class MaskedPruningState(NamedTuple):
@@ -27,12 +68,63 @@ class MaskedPruningState(NamedTuple):
       sparsity: the scheduled sparsity the current masks were computed for (float32).
       masks: pytree of bool arrays shaped like the params; False = pruned.
       inner_state: state of the wrapped optimizer.
+      check_step: the update at which the params must arrive with every pruned weight at 0.0
+        (the one after an update that applied new masks), or -1 (int32).
+      faults: what went wrong so far (see :class:`PruningFaults` and :func:`check_pruning`).
     """
 
     count: jax.Array
     sparsity: jax.Array
     masks: PyTree
     inner_state: optax.OptState
+    check_step: jax.Array
+    faults: PruningFaults
+
+
+def _check_inner(inner: Any) -> None:
+    if callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None)):
+        return
+    if callable(inner):
+        name = getattr(inner, "__qualname__", repr(inner))
+        raise ValueError(
+            f"inner must be an optax transformation, got the function {name} that builds one: "
+            f"call it with its hyperparameters, e.g. masked(optax.sgd(0.1), schedule), not "
+            "masked(optax.sgd, schedule)."
+        )
+    raise ValueError(
+        f"inner must be an optax transformation such as optax.sgd(0.1), got {inner!r}."
+    )
+
+
+def _unzeroed(params: PyTree, masks: PyTree) -> tuple[jax.Array, jax.Array]:
+    """How many pruned entries of ``params`` are not 0.0, and how many of them are NaN or inf."""
+    pairs = list(zip(jax.tree.leaves(params), jax.tree.leaves(masks), strict=True))
+    unzeroed = sum(count_true(~m & (p != 0)) for p, m in pairs)
+    nonfinite = sum(count_true(~m & ~jnp.isfinite(p)) for p, m in pairs)
+    return jnp.int32(unzeroed), jnp.int32(nonfinite)
+
+
+def _record_unzeroed(state: MaskedPruningState, params: PyTree) -> PruningFaults:
+    """``state.faults`` with the pruned weights of ``params`` that are not 0.0, if first."""
+    unzeroed, nonfinite = _unzeroed(params, state.masks)
+    faults = state.faults
+    first = (unzeroed > 0) & (faults.unzeroed_step < 0)
+    return faults._replace(
+        unzeroed_step=jnp.where(first, state.count, faults.unzeroed_step),
+        unzeroed=jnp.where(first, unzeroed, faults.unzeroed),
+        nonfinite=jnp.where(first, nonfinite, faults.nonfinite),
+    )
+
+
+def _record_bad_sparsity(
+    faults: PruningFaults, step: jax.Array, target: jax.Array, valid: jax.Array
+) -> PruningFaults:
+    """``faults`` with a schedule value outside [0, 1), if it is the first."""
+    first = ~valid & (faults.bad_sparsity_step < 0)
+    return faults._replace(
+        bad_sparsity_step=jnp.where(first, step, faults.bad_sparsity_step),
+        bad_sparsity=jnp.where(first, target, faults.bad_sparsity),
+    )
 
 
 def masked(
@@ -52,6 +144,15 @@ def masked(
     weights receive nothing), and for pruned entries the update is ``-w``, so after
     ``optax.apply_updates`` pruned weights are exactly 0.0 with no second call.
 
+    That holds only if ``masked`` is the last transformation: ``optax.chain(masked(sgd, s),
+    optax.scale(0.5))`` halves the ``-w`` and leaves pruned weights at half their value; put
+    the others inside, ``masked(optax.chain(sgd, optax.scale(0.5)), s)``. A pruned weight that
+    is NaN or inf stays so, since ``apply_updates`` adds the update (NaN + u is NaN). Both are
+    detected at the update after masks change (all pruned weights must then be 0.0) and
+    recorded in the state's ``faults``, as is a schedule value outside [0, 1) (the masks are
+    then left as they are); :func:`check_pruning` raises on any of them. Faults are recorded,
+    not raised, because nothing can be raised inside ``jit``.
+
     This is not ``optax.masked``: that one applies ``inner`` to the leaves a static mask selects
     and passes the other leaves' updates through untouched. Here masks are element-wise, change
     during training, and pruned entries are zeroed rather than left alone.
@@ -59,7 +160,8 @@ def masked(
     Args:
       inner: the optimizer to wrap (any optax transformation, e.g. with weight decay).
       schedule: ``step -> sparsity`` (see :func:`progprune.linear_schedule`), or ``None`` for
-        fixed masks, all True at init and set with :func:`progprune.set_masks`.
+        fixed masks, all True at init and set with :func:`progprune.set_masks`. It is checked
+        at a few steps here (see ``progprune.schedules.check_schedule``).
       update_every: recompute masks every this many updates (>= 1).
       distribution: ``"global"``, ``"uniform"`` or ``"erk"``.
       prunable: which leaves may be pruned (see :func:`progprune.prunable_mask`).
@@ -78,12 +180,14 @@ def masked(
       ...     params = optax.apply_updates(params, updates)
       >>> get_masks(state)["w"].tolist()
       [[False, False], [True, True]]
+      >>> check_pruning(state)  # raises if a fault was recorded
     """
+    _check_inner(inner)
     if int(update_every) != update_every or update_every < 1:
         raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}.")
     check_distribution(distribution)
-    if schedule is not None and not callable(schedule):
-        raise ValueError(f"schedule must be a function step -> sparsity or None, got {schedule!r}.")
+    if schedule is not None:
+        check_schedule(schedule)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> MaskedPruningState:
@@ -94,22 +198,47 @@ def masked(
             sparsity=jnp.zeros([], jnp.float32),
             masks=all_true_masks(params),
             inner_state=inner.init(params),
+            check_step=jnp.full([], -1, jnp.int32),
+            faults=_no_faults(),
         )
 
-    def refresh(params, state):
+    def scheduled(state):
+        """The schedule's sparsity, whether it is one (in [0, 1)), and whether masks are due."""
         if schedule is None:
-            return state.masks, state.sparsity
+            return state.sparsity, jnp.bool_(True), jnp.bool_(False)
         target = jnp.asarray(schedule(state.count), jnp.float32)
-        due = (state.count % update_every == 0) & (target > state.sparsity)
+        valid = valid_sparsity(target)
+        return target, valid, (state.count % update_every == 0) & valid & (target > state.sparsity)
 
-        def recompute():
-            # Scores are built inside the branch so steps without an update never pay for them.
-            flags = jax.tree.leaves(prunable_mask(params, prunable))
-            scores = jax.tree.map(jnp.abs, params)
-            return _prune(scores, target, state.masks, distribution, flags)
+    def refresh(params, state, target, due):
+        """Masks and faults for this update, and a 0.0 for the updates to add.
 
-        masks = lax.cond(due, recompute, lambda: state.masks)
-        return masks, jnp.where(due, target, state.sparsity)
+        The steps that read every weight, the one after masks changed (checked) and those where
+        masks are due (recomputed), run in one ``lax.cond`` that the other steps skip. The 0.0
+        it returns orders the updates after it: it has read the params, which a step that
+        donates them then overwrites in place; without that order XLA copies every param first,
+        which costs more than the rest of the wrapper.
+        """
+        check_now = state.count == state.check_step
+
+        def read_weights():
+            checked = _record_unzeroed(state, params)
+            faults = jax.tree.map(lambda a, b: jnp.where(check_now, a, b), checked, state.faults)
+            masks = state.masks
+            if schedule is not None:
+                # Sparsity 0 where not due keeps the masks as they are (the pruned entries stay
+                # selected); a nested lax.cond instead makes XLA copy the masks at every step.
+                flags = jax.tree.leaves(prunable_mask(params, prunable))
+                scores = jax.tree.map(jnp.abs, params)
+                masks = _prune(scores, jnp.where(due, target, 0.0), masks, distribution, flags)
+            return masks, faults, jnp.zeros([], jnp.float32)
+
+        # The zeros are made inside the branches: a value passed through would not order them.
+        return lax.cond(
+            due | check_now,
+            read_weights,
+            lambda: (state.masks, state.faults, jnp.zeros([], jnp.float32)),
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
@@ -117,18 +246,28 @@ def masked(
                 "progprune.masked needs the params to prune: call tx.update(grads, opt_state, "
                 "params)."
             )
-        masks, sparsity = refresh(params, state)
+        target, valid, due = scheduled(state)
+        masks, faults, zero = refresh(params, state, target, due)
+        faults = _record_bad_sparsity(faults, state.count, target, valid)
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
         inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         # -w for pruned entries: apply_updates then leaves them exactly 0, whatever inner did.
         new_updates = jax.tree.map(
-            lambda u, p, m: jnp.where(m, u, -p).astype(u.dtype), inner_updates, params, masks
+            lambda u, p, m: (jnp.where(m, u, -p) + zero).astype(u.dtype),
+            inner_updates,
+            params,
+            masks,
         )
+        count = optax.safe_int32_increment(state.count)
+        checked = state.count == state.check_step
         new_state = MaskedPruningState(
-            count=optax.safe_int32_increment(state.count),
-            sparsity=sparsity,
+            count=count,
+            sparsity=jnp.where(due, target, state.sparsity),
             masks=masks,
             inner_state=inner_state,
+            # The update after one that applied new masks checks that they zeroed the weights.
+            check_step=jnp.where(due, count, jnp.where(checked, -1, state.check_step)),
+            faults=faults,
         )
         return new_updates, new_state
 
@@ -170,20 +309,79 @@ def get_masks(opt_state: PyTree) -> PyTree:
     return _find_states(opt_state)[0].masks
 
 
-def set_masks(opt_state: PyTree, masks: PyTree) -> PyTree:
+def _restart_revived(
+    tx: optax.GradientTransformation, opt_state: PyTree, state: MaskedPruningState, revived: PyTree
+) -> optax.OptState:
+    """``state.inner_state`` with the revived entries of its param-shaped leaves set to the
+    values ``tx.init`` gives them (momentum and Adam's moments: 0), as for a new weight."""
+    zeros = jax.tree.map(lambda m: jnp.zeros(jnp.shape(m), jnp.float32), revived)
+    fresh_state = tx.init(zeros)
+    if jax.tree.structure(fresh_state) != jax.tree.structure(opt_state):
+        raise ValueError("tx must be the transformation that built opt_state (tx.init(params)).")
+    fresh = _find_states(fresh_state)[0].inner_state
+    mask_def = jax.tree.structure(revived)
+    shapes = [jnp.shape(m) for m in jax.tree.leaves(revived)]
+
+    def params_like(x):
+        leaves = jax.tree.leaves(x)
+        return jax.tree.structure(x) == mask_def and [jnp.shape(v) for v in leaves] == shapes
+
+    def restart(old, new):
+        if not params_like(old):
+            return old
+        return jax.tree.map(
+            lambda o, n, r: jnp.where(r, jnp.asarray(n).astype(o.dtype), o), old, new, revived
+        )
+
+    return jax.tree.map(restart, state.inner_state, fresh, is_leaf=params_like)
+
+
+def _check_revival(state: MaskedPruningState, revived: PyTree) -> None:
+    """Refuses, without ``tx``, masks that revive entries of a state already updated."""
+    count = state.count
+    if _is_concrete(count) and int(count) == 0:
+        return  # nothing trained yet: the inner state still holds its initial values
+    any_revived = sum(count_true(r) for r in jax.tree.leaves(revived))
+    if not _is_concrete(count) or not _is_concrete(any_revived):
+        raise ValueError(
+            "set_masks cannot tell under jit whether masks revive pruned entries, whose inner "
+            "optimizer state must then restart: pass the optimizer, set_masks(opt_state, masks, "
+            "tx=tx)."
+        )
+    if int(any_revived):
+        raise ValueError(
+            f"masks revive {int(any_revived)} pruned entries of an optimizer state already "
+            f"updated {int(count)} times; their momentum and moments are stale. Pass the "
+            "optimizer so that they restart from its initial values: set_masks(opt_state, "
+            "masks, tx=tx)."
+        )
+
+
+def set_masks(
+    opt_state: PyTree, masks: PyTree, *, tx: optax.GradientTransformation | None = None
+) -> PyTree:
     """Returns ``opt_state`` with its masks replaced (for fixed masks: SNIP, GraSP, IMP, random).
 
-    Weights that the new masks prune become exactly 0 at the next update.
+    Weights that the new masks prune become exactly 0 at the next update (and are checked to be
+    0.0 at the one after, see :func:`check_pruning`).
+
+    An entry the new masks keep but the current ones prune is *revived*: it restarts as a new
+    weight would, at 0.0 with its entries in the inner optimizer's state (momentum, Adam's
+    moments) reset to what ``tx.init`` gives them, so no stale momentum moves it. That reset
+    needs ``tx``; without it, reviving entries of a state already updated raises.
 
     Args:
       opt_state: an optimizer state built with :func:`masked`, possibly nested.
       masks: pytree of bools with the structure and shapes of the current masks.
+      tx: the transformation that built ``opt_state``; needed to revive entries of a state
+        already updated, and under ``jit``.
 
     Returns:
       The new optimizer state.
 
     Raises:
-      ValueError: if ``masks`` does not match the structure or shapes of the current masks.
+      ValueError: if ``masks`` does not match the structure or shapes of the current masks, or
+        revives entries without ``tx``.
 
     Example:
       >>> import optax
@@ -194,6 +392,66 @@ def set_masks(opt_state: PyTree, masks: PyTree) -> PyTree:
     """
     current = _find_states(opt_state)[0]
     new_masks = check_masks(masks, current.masks)
-    return jax.tree.map(
-        lambda x: x._replace(masks=new_masks) if _is_state(x) else x, opt_state, is_leaf=_is_state
+    revived = jax.tree.map(lambda new, old: new & ~old, new_masks, current.masks)
+    if tx is None:
+        _check_revival(current, revived)
+        inner_state = current.inner_state
+    else:
+        inner_state = _restart_revived(tx, opt_state, current, revived)
+    new = current._replace(
+        masks=new_masks,
+        inner_state=inner_state,
+        # The next update zeroes the newly pruned weights; the one after checks they are 0.0.
+        check_step=optax.safe_int32_increment(current.count),
     )
+    return jax.tree.map(lambda x: new if _is_state(x) else x, opt_state, is_leaf=_is_state)
+
+
+def _fault_messages(faults: PruningFaults) -> list[str]:
+    f = jax.tree.map(np.asarray, jax.device_get(faults))
+    messages = []
+    if f.bad_sparsity_step >= 0:
+        messages.append(bad_sparsity_message(float(f.bad_sparsity), int(f.bad_sparsity_step)))
+    if f.unzeroed_step >= 0:
+        n, nonfinite = int(f.unzeroed), int(f.nonfinite)
+        at = f"at update {int(f.unzeroed_step)}"
+        if nonfinite:
+            messages.append(
+                f"{at}, {nonfinite} pruned weights were NaN or inf, which no update brings back "
+                "to 0.0 (apply_updates adds the update, and NaN + u and inf - inf are NaN): they "
+                "were non-finite when pruned; find where the NaN or inf came from."
+            )
+        if n > nonfinite:
+            messages.append(
+                f"{at}, {n - nonfinite} pruned weights were not 0.0: masked must be the last "
+                "transformation, since its update for a pruned weight is -w, and one after it "
+                "(e.g. optax.chain(masked(sgd, s), optax.scale(0.5))) changes that. Put the "
+                "others inside: masked(optax.chain(sgd, optax.scale(0.5)), s). Params changed "
+                "outside the optimizer between updates do the same."
+            )
+    return messages
+
+
+def check_pruning(opt_state: PyTree) -> None:
+    """Raises if :func:`masked` recorded a fault in ``opt_state`` (a cheap read of a few scalars).
+
+    ``masked`` cannot raise inside ``jit``, so it records in its state (see
+    :class:`PruningFaults`) the first schedule value outside [0, 1) (at which it left the masks
+    unchanged) and the first update that received pruned weights other than 0.0 (``masked`` not
+    last in a chain, params changed outside the optimizer, or NaN/inf weights). Call this where
+    the training loop reads its metrics.
+
+    Args:
+      opt_state: an optimizer state built with :func:`masked`, possibly nested.
+
+    Raises:
+      ValueError: naming each fault, its step and the fix.
+
+    Example:
+      >>> import optax
+      >>> tx = masked(optax.sgd(0.1), None)
+      >>> check_pruning(tx.init({"w": jnp.ones(2)}))  # a healthy state: no error
+    """
+    messages = _fault_messages(_find_states(opt_state)[0].faults)
+    if messages:
+        raise ValueError("progprune.masked: " + " Also: ".join(messages))

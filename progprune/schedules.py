@@ -7,6 +7,7 @@ training loop can call it inside ``jit`` without recompiling as the step advance
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ Schedule = Callable[[ArrayLike], jax.Array]
 
 __all__ = [
     "Schedule",
+    "check_schedule",
     "constant_schedule",
     "cosine_schedule",
     "linear_schedule",
@@ -36,6 +38,74 @@ def check_sparsity(value: float, name: str) -> float:
             "A sparsity of 1 would remove every weight."
         )
     return value
+
+
+# A schedule is tried at step 0 only when an optimizer or updater is built: a later step may lie
+# beyond the run it was written for (a ramp that passes 1 after the run ends is no bug), and the
+# values at the steps a run reaches are guarded where they are used.
+_PROBE_STEPS = (0,)
+_FACTORY_HINT = (
+    "A schedule factory must be called first: progprune.linear_schedule(0.9, begin_step=0, "
+    "end_step=1000), not progprune.linear_schedule."
+)
+
+
+def check_schedule(schedule: Any, name: str = "schedule") -> Schedule:
+    """Raises a ValueError unless ``schedule`` maps steps to sparsities in [0, 1).
+
+    The schedule is called at step 0. A value outside [0, 1) (NaN included), a result that is
+    not a scalar number, or a call that fails is reported. Later steps are not tried (they may
+    lie beyond the run the schedule was written for):
+    A schedule that cannot be evaluated outside ``jit`` (it closes over traced values) passes
+    unchecked; :func:`progprune.masked` and :func:`progprune.mask_updater` then guard each value
+    where it is used.
+
+    Args:
+      schedule: the candidate ``step -> sparsity`` function.
+      name: how to call it in error messages.
+
+    Returns:
+      ``schedule`` unchanged.
+
+    Example:
+      >>> check_schedule(lambda step: 1.0 - 0.001 * step)
+      Traceback (most recent call last):
+      ...
+      ValueError: schedule(0) returned 1, outside [0, 1) ...
+    """
+    if not callable(schedule):
+        hint = ""
+        if isinstance(schedule, (int, float)):
+            hint = f" For a fixed sparsity use progprune.constant_schedule({schedule!r})."
+        raise ValueError(f"{name} must be a function step -> sparsity, got {schedule!r}.{hint}")
+    for step in _PROBE_STEPS:
+        try:
+            value = schedule(jnp.int32(step))
+            if jnp.shape(value) != ():
+                raise ValueError(f"it returned an array of shape {jnp.shape(value)}")
+            value = float(value)
+        except jax.errors.JAXTypeError:
+            return schedule  # traced inside: checked where it is used
+        except Exception as e:  # noqa: BLE001 - any failure is reported as a bad schedule
+            hint = f" {_FACTORY_HINT}" if isinstance(e, TypeError) else ""
+            raise ValueError(
+                f"{name} must be a function step -> sparsity (a float scalar in [0, 1)); "
+                f"{name}({step}) failed: {type(e).__name__}: {e}.{hint}"
+            ) from e
+        if not 0.0 <= value < 1.0:
+            raise ValueError(bad_sparsity_message(value, step, name))
+    return schedule
+
+
+def bad_sparsity_message(value: float, step: Any, name: str = "schedule") -> str:
+    """The error for a sparsity outside [0, 1) (a schedule's value at ``step``), with the fix."""
+    what = f"{name}({step}) returned {value:.7g}" if step is not None else f"{name} is {value:.7g}"
+    return (
+        f"{what}, outside [0, 1) (a sparsity is the fraction of "
+        "prunable weights removed; 1 would remove every weight). Masks are not updated at such "
+        f"a step. Fix the {name}: clip it, e.g. jnp.clip(value, 0.0, 0.99), or use one of "
+        "progprune's schedules."
+    )
 
 
 def _check_steps(begin_step: int, end_step: int) -> tuple[int, int]:

@@ -2,18 +2,19 @@
 
 A full sort of every weight (``jnp.sort``/``argsort``/``lax.top_k``) costs seconds per mask update
 on a CPU for a ResNet-18. Instead the scores are mapped to ``uint32`` keys whose integer order is
-the float order, and the k-th smallest key is found by bisection on the keys: each step is one
-compare-and-count pass over the leaves (no concatenated copy of the weights is made). A strided
-sample brackets the threshold first, so a ResNet-18 needs about 20 passes instead of 32. Ties at
-the threshold are broken by position (earlier flattened position first): the ties of every row
-are counted, and only the row holding the last tie to take is searched.
+the float order, and the threshold (the largest key with at most k keys below it) is found by
+bisection on the keys: each step is one compare-and-count pass over the leaves (no concatenated
+copy of the weights is made). The order statistics of a strided sample bracket the threshold
+first, so a ResNet-18 needs about 20 passes instead of 32. Every key below the threshold is
+selected; ties at it are broken by position (earlier flattened position first): the ties of every
+row are counted, and only the row holding the first tie left out is searched.
 
-All counting passes (entries already pruned, the bracket check, the bisection, the count below
-the threshold and the ties per row) run in the body of one ``while_loop``. Besides being compact,
-this matters for speed: XLA's CPU runtime pays, at every execution, for each reduction compiled
-into a program, including those in the untaken branch of the optimizer's ``lax.cond``. Counting
-code inlined at five places made every training step without a mask update ~0.3 ms slower on
-a ResNet-18-sized tree; compiled once, it costs under 0.1 ms.
+The counting passes run as named steps of one ``while_loop`` (see ``_STEPS``): count the entries
+already pruned, check the bracket's two sides, bisect, count below the threshold, count the ties.
+One loop body is more than compact: XLA's CPU runtime pays, at every execution, for each
+reduction compiled into a program, including those in the untaken branch of the optimizer's
+``lax.cond``. Counting code inlined at five places made every training step without a mask update
+~0.3 ms slower on a ResNet-18-sized tree; compiled once, it costs under 0.1 ms.
 
 Segments let one pass serve several independent selections (one per layer for the ``uniform`` and
 ``erk`` distributions): every leaf belongs to one segment and each segment has its own ``k``.
@@ -29,11 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["order_keys", "round_fraction", "select_smallest"]
+__all__ = ["count_true", "order_keys", "round_fraction", "select_smallest"]
 
 # Leaves are counted as rows of _ROW entries: counts are first summed along rows in uint8,
 # which XLA vectorises well on CPU; 128 keeps a row's count below 256.
 _ROW = 128
+# Pads partial rows; never selected. Keys stay below _PAD_KEY - 1, so that a bound one above
+# any key (up to _PAD_KEY) is still a uint32.
 _PAD_KEY = np.uint32(0xFFFFFFFF)
 # Rows (of _ROW entries) sampled to bracket the threshold before the full-size bisection.
 _SAMPLE_ROWS = 256
@@ -137,6 +140,11 @@ def _row_counts(pred: jax.Array) -> jax.Array:
     return per_row
 
 
+def count_true(pred: jax.Array) -> jax.Array:
+    """Number of True entries of a boolean array, as an int32 scalar (row sums first, as above)."""
+    return jnp.sum(_row_counts(pred))
+
+
 class _Segments(NamedTuple):
     """Static description of which leaf belongs to which segment."""
 
@@ -164,81 +172,122 @@ class _Segments(NamedTuple):
         return per_segment[int(self.of_leaf[i])]
 
 
-def _bisect(
-    key_of: KeyFn, num_leaves: int, seg: _Segments, k: jax.Array, low: jax.Array, high: jax.Array
-) -> jax.Array:
-    """Per segment, the k-th smallest key, given count(key < low) < k <= count(key < high).
-
-    Keeps that invariant while halving [low, high); ends at high == low + 1, where ``low`` is
-    the largest value with count(key < low) < k, i.e. the k-th smallest key.
-    """
-
-    def cond(bounds):
-        low, high = bounds
-        return jnp.any(high - low > 1)
-
-    def body(bounds):
-        low, high = bounds
-        mid = low + (high - low) // 2
-        counts = seg.total(
-            [jnp.sum(_row_counts(key_of(i) < seg.leaf(mid, i))) for i in range(num_leaves)]
-        )
-        return _halve(low, high, mid, counts < k, high - low > 1)
-
-    return lax.while_loop(cond, body, (low, high))[0]
-
-
-def _halve(
-    low: jax.Array, high: jax.Array, mid: jax.Array, below: jax.Array, open_: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """One bisection step where ``open_``: ``mid`` becomes ``low`` if fewer than k keys are below
-    it (``below``), else ``high``."""
-    return jnp.where(open_ & below, mid, low), jnp.where(open_ & ~below, mid, high)
-
-
 def _bracket(
     key_of: KeyFn, num_leaves: int, k: jax.Array, n: int
 ) -> tuple[jax.Array, jax.Array] | None:
-    """Candidate bounds for a single-segment bisection, from a strided sample of rows.
+    """Candidate bounds ``(low, high)`` for a single-segment search, from a strided sample.
 
-    The sample's quantiles around rank k/n give [low, high] with high probability; the caller
-    checks them with two counting passes and uses the full key range when they fail, so the
-    result is exact either way. ``None`` when the leaves are too small to sample.
+    Order statistics of a sorted sample of rows, a few standard deviations either side of rank
+    ``k / n``, give with high probability a ``low`` with at most ``k`` keys below it and a ``high``
+    with more than ``k``. The search checks each side with one counting pass and widens a side
+    that fails to the full key range, so the result is exact either way. ``None`` when the leaves
+    are too small to sample.
     """
     stride = n // _ROW // _SAMPLE_ROWS
     if stride < 2:
         return None
     parts = [_rows(key_of(i))[0][::stride] for i in range(num_leaves)]
-    sample = jnp.concatenate([p for p in parts if p.size] or [jnp.zeros((0, _ROW), jnp.uint32)])
-    m = sample.size
-    if m == 0:
+    parts = [p.reshape(-1) for p in parts if p.size]
+    if not parts:
         return None
-    full = (jnp.zeros((1,), jnp.uint32), jnp.full((1,), _PAD_KEY, jnp.uint32))
+    # A few hundred rows: sorting them costs about what two bisections over them did.
+    sample = jnp.sort(jnp.concatenate(parts))
+    m = sample.size
     q = k.astype(jnp.float32) / n
     spread = 5.0 * jnp.sqrt(m * q * (1.0 - q)) + 16.0
     r_low = jnp.floor(q * m - spread).astype(jnp.int32)
     r_high = jnp.ceil(q * m + spread).astype(jnp.int32)
-    one = _Segments(np.zeros(1, np.int32), 1)
-    sample_low = _bisect(lambda i: sample, 1, one, jnp.maximum(r_low, 1), *full)
-    sample_high = _bisect(lambda i: sample, 1, one, jnp.clip(r_high, 1, m), *full)
-    low = jnp.where(r_low >= 1, sample_low, 0)
-    high = jnp.where(r_high < m, jnp.minimum(sample_high, _PAD_KEY - 1) + 1, _PAD_KEY)
+    # sample[r] has at most r sample keys below it; sample[r] + 1 has more than r.
+    low = jnp.where(r_low >= 0, sample[jnp.clip(r_low, 0, m - 1)], np.uint32(0))
+    high = jnp.where(r_high < m, sample[jnp.clip(r_high, 0, m - 1)] + 1, _PAD_KEY)
     return low, high
 
 
-# Phases of the counting loop in _threshold, in order; each runs one counting pass.
-_ZEROS, _UNDER, _OVER, _BISECT, _FINAL, _TIES, _DONE = range(7)
-
-
 class _Search(NamedTuple):
-    phase: jax.Array  # int32 scalar
-    k: jax.Array  # int32 [segments]
-    low: jax.Array  # uint32 [segments]
-    high: jax.Array  # uint32 [segments]
-    under: jax.Array  # int32 [segments], count below the candidate low
-    below: jax.Array  # int32 [segments], count below the threshold (at the end)
-    rows_below: jax.Array  # int32 [rows], per-row counts below the threshold
-    ties: jax.Array  # int32 [rows], per-row counts of keys equal to the threshold
+    """Per-segment state of the counting loop in :func:`_threshold`.
+
+    Invariant: at most k keys lie below ``low`` and more than k below ``high``, or the segment
+    is closed (``high == low + 1``) with exactly k below ``low``. Either way the selection is the
+    keys below ``low`` and the first ``k - below`` keys equal to it.
+    """
+
+    step: jax.Array  # int32 scalar: index in the step list of the pass that runs next
+    k: jax.Array  # int32: how many keys to select
+    low: jax.Array  # uint32: at the end, the threshold
+    high: jax.Array  # uint32
+    below: jax.Array  # int32: keys below the threshold (set by the count-below step)
+
+
+class _RowCounts(NamedTuple):
+    """Per-row counts (int32 [rows]) at the threshold, for the tie search.
+
+    Kept out of the steps' ``lax.switch``: its branches would copy them at every pass.
+    """
+
+    below: jax.Array  # keys below the threshold
+    ties: jax.Array  # keys equal to the threshold
+
+
+class _Step(NamedTuple):
+    """One counting pass: count the keys below ``bound(s)``, then ``update(s, counts)``.
+
+    ``counts`` are per segment; ``update`` also sets the next step's index.
+    """
+
+    name: str
+    bound: Callable[[_Search], jax.Array]
+    update: Callable[[_Search, jax.Array], _Search]
+
+
+def _next(s: _Search, **changes: jax.Array) -> _Search:
+    return s._replace(step=s.step + 1, **changes)
+
+
+def _close(s: _Search, exact: jax.Array, at: jax.Array) -> _Search:
+    """Closes the segments where exactly k keys lie below ``at``: no search is left there."""
+    return s._replace(low=jnp.where(exact, at, s.low), high=jnp.where(exact, at + 1, s.high))
+
+
+def _keep_pruned(s: _Search, counts: jax.Array) -> _Search:
+    # Keys below 1 are 0: the entries already pruned. All of them stay selected; where they are
+    # all there is to select (nothing new to prune), the search is over.
+    k = jnp.maximum(s.k, counts)
+    return _next(_close(s._replace(k=k), counts == k, jnp.ones_like(s.low)))
+
+
+def _check_low(s: _Search, counts: jax.Array) -> _Search:
+    s = _close(s, counts == s.k, s.low)
+    return _next(s, low=jnp.where(counts <= s.k, s.low, np.uint32(0)))
+
+
+def _check_high(s: _Search, counts: jax.Array) -> _Search:
+    keep = (counts > s.k) | (s.high - s.low == 1)
+    return _next(s, high=jnp.where(keep, s.high, _PAD_KEY))
+
+
+def _mid(s: _Search) -> jax.Array:
+    return s.low + (s.high - s.low) // 2
+
+
+def _halve(s: _Search, counts: jax.Array) -> _Search:
+    # A closed segment (high == low + 1) has mid == low and k keys or fewer below it: it stays.
+    mid, ok = _mid(s), counts <= s.k
+    s = s._replace(low=jnp.where(ok, mid, s.low), high=jnp.where(ok, s.high, mid))
+    s = _close(s, counts == s.k, mid)
+    return s._replace(step=jnp.where(jnp.any(s.high - s.low > 1), s.step, s.step + 1))
+
+
+def _record_below(s: _Search, counts: jax.Array) -> _Search:
+    return _next(s, below=counts)
+
+
+KEEP_PRUNED = _Step("keep pruned", lambda s: jnp.ones_like(s.low), _keep_pruned)
+CHECK_LOW = _Step("check low", lambda s: s.low, _check_low)
+CHECK_HIGH = _Step("check high", lambda s: s.high, _check_high)
+BISECT = _Step("bisect", _mid, _halve)
+COUNT_BELOW = _Step("count below", lambda s: s.low, _record_below)
+# low + 1 does not overflow: keys, hence low, stay below _PAD_KEY - 1.
+COUNT_TIES = _Step("count ties", lambda s: s.low + 1, lambda s, counts: _next(s))
 
 
 def _threshold(
@@ -247,66 +296,48 @@ def _threshold(
     seg: _Segments,
     k: jax.Array,
     bracket: tuple[jax.Array, jax.Array] | None,
-    all_zero_keys: bool,
-) -> _Search:
-    """Per segment, the k-th smallest key (``low`` of the result), the count below it and the
-    ties at it per row.
+    keep_pruned: bool,
+) -> tuple[_Search, _RowCounts]:
+    """Per segment, the largest key with at most k keys below it (``low`` of the result) and
+    the count below it; per row, the counts below and at it.
 
-    Every counting pass (zero keys, checking the bracket, bisection, the count below the
-    threshold, the ties) runs in the body of one while loop, so the per-leaf reductions are
-    compiled once rather than once per pass: the CPU runtime pays per execution for every
-    reduction compiled into a program, even in the untaken branch of the optimizer's
-    ``lax.cond``, so this keeps the training steps without a mask update cheap.
+    Runs the steps of the search in order, each one counting pass, in one ``while_loop``: the
+    per-leaf reductions are compiled once (see the module docstring for why that matters).
     """
+    steps = [KEEP_PRUNED] if keep_pruned else []
+    steps += [CHECK_LOW, CHECK_HIGH] if bracket is not None else []
+    steps += [BISECT, COUNT_BELOW, COUNT_TIES]
     num_leaves = layout.first_row.size
-    full_low = jnp.zeros((seg.count,), jnp.uint32)
-    full_high = jnp.full((seg.count,), _PAD_KEY, jnp.uint32)
-    after_zeros = _UNDER if bracket is not None else _BISECT
-    low, high = bracket if bracket is not None else (full_low, full_high)
-    zeros = jnp.zeros((seg.count,), jnp.int32)
+    low, high = bracket if bracket is not None else (np.uint32(0), _PAD_KEY)
+    start = _Search(
+        step=jnp.int32(0),
+        k=k,
+        low=jnp.broadcast_to(jnp.asarray(low, jnp.uint32), (seg.count,)),
+        high=jnp.broadcast_to(jnp.asarray(high, jnp.uint32), (seg.count,)),
+        below=jnp.zeros((seg.count,), jnp.int32),
+    )
     no_rows = jnp.zeros((layout.leaf_of_row.size,), jnp.int32)
-    first = _ZEROS if all_zero_keys else after_zeros
-    start = _Search(jnp.int32(first), k, low, high, zeros, zeros, no_rows, no_rows)
 
-    def body(s: _Search) -> _Search:
-        mid = s.low + (s.high - s.low) // 2
-        bound = jnp.select(
-            [s.phase == _ZEROS, s.phase == _UNDER, s.phase == _OVER, s.phase == _FINAL],
-            [jnp.ones_like(mid), s.low, s.high, s.low],
-            mid,
-        )
-        bound = jnp.where(s.phase == _TIES, s.low + 1, bound)  # low < the pad key: no overflow
+    def count_below(bound: jax.Array) -> tuple[jax.Array, jax.Array]:
         leaf_rows = [_row_counts(key_of(i) < seg.leaf(bound, i)) for i in range(num_leaves)]
-        per_row = jnp.concatenate(leaf_rows)
+        rows = jnp.concatenate(leaf_rows)
         if seg.count == 1:
-            counts = jnp.sum(per_row)[None]
-        else:  # per-leaf sums: cheaper here than sums over runs of the concatenated rows
-            counts = seg.total([jnp.sum(r) for r in leaf_rows])
-        # Zero keys are the entries already pruned: never select fewer.
-        k = jnp.where(s.phase == _ZEROS, jnp.maximum(s.k, counts), s.k)
-        k1 = jnp.maximum(k, 1)  # k == 0 selects nothing, but the search needs a key
-        # The bracket holds when count(< low) < k <= count(< high); otherwise use the full range.
-        failed = (s.phase == _OVER) & ((s.under >= k1) | (counts < k1))
-        low = jnp.where(failed, full_low, s.low)
-        high = jnp.where(failed, full_high, s.high)
-        low, high = _halve(low, high, mid, counts < k1, (s.phase == _BISECT) & (high - low > 1))
-        phase = jnp.select(
-            [s.phase == _ZEROS, s.phase == _BISECT],
-            [jnp.int32(after_zeros), jnp.where(jnp.any(high - low > 1), _BISECT, _FINAL)],
-            s.phase + 1,
-        )
-        return _Search(
-            phase=phase.astype(jnp.int32),
-            k=k,
-            low=low,
-            high=high,
-            under=jnp.where(s.phase == _UNDER, counts, s.under),
-            below=jnp.where(s.phase == _FINAL, counts, s.below),
-            rows_below=jnp.where(s.phase == _FINAL, per_row, s.rows_below),
-            ties=jnp.where(s.phase == _TIES, per_row - s.rows_below, s.ties),
-        )
+            return jnp.sum(rows)[None], rows
+        # Per-leaf sums: cheaper here than sums over runs of the concatenated rows.
+        return seg.total([jnp.sum(r) for r in leaf_rows]), rows
 
-    return lax.while_loop(lambda s: s.phase != _DONE, body, start)
+    def body(carry: tuple[_Search, _RowCounts]) -> tuple[_Search, _RowCounts]:
+        s, kept = carry
+        bound = jnp.stack([step.bound(s) for step in steps])[s.step]
+        counts, rows = count_below(bound)
+        kept = _RowCounts(
+            below=jnp.where(s.step == steps.index(COUNT_BELOW), rows, kept.below),
+            ties=jnp.where(s.step == steps.index(COUNT_TIES), rows - kept.below, kept.ties),
+        )
+        return lax.switch(s.step, [step.update for step in steps], s, counts), kept
+
+    start_rows = _RowCounts(no_rows, no_rows)
+    return lax.while_loop(lambda c: c[0].step < len(steps), body, (start, start_rows))
 
 
 def _padded_rows(x: jax.Array) -> jax.Array:
@@ -318,20 +349,21 @@ def _padded_rows(x: jax.Array) -> jax.Array:
     return flat.reshape(-1, _ROW)
 
 
-def _last_tie_position(
+def _tie_position(
     keys: Sequence[jax.Array],
     layout: _RowLayout,
     seg: _Segments,
     threshold: jax.Array,
-    wanted: jax.Array,
+    rank: jax.Array,
     ties: jax.Array,
 ) -> jax.Array:
-    """Per segment, the flattened position of the ``wanted``-th key equal to its threshold.
+    """Per segment, the flattened position of the ``rank``-th (from 1) key equal to its threshold.
 
     ``ties`` (per row, from the counting loop) has a cumulative sum over rows (tens of
     thousands, not millions of entries) that finds the row holding the wanted tie; that row
     alone is searched. Random float32 weights tie at the threshold more often than not (a
-    ResNet-18 has ~3 ties), so this runs at every update.
+    ResNet-18 has ~3 ties), so this runs at every update. A segment without such a tie gets
+    some position, unused: none of its keys equals its threshold.
     """
     num_rows = layout.leaf_of_row.size
     seg_of_row = seg.of_leaf[layout.leaf_of_row]
@@ -340,12 +372,11 @@ def _last_tie_position(
     inclusive = jnp.cumsum(ties)
     before = (inclusive - ties)[np.minimum(first_row_of_seg, num_rows - 1)]
     within_seg = inclusive - before[seg_of_row]
-    need = jnp.maximum(wanted, 1)
     # Ties accumulate along a segment's rows, so the rows before the wanted one are those
-    # holding fewer; a segment with nothing to take gets any row, unused.
-    short = (within_seg < need[seg_of_row]).astype(jnp.int32)
+    # holding fewer.
+    short = (within_seg < rank[seg_of_row]).astype(jnp.int32)
     row = jnp.minimum(jnp.asarray(first_row_of_seg) + seg.rows_total(short, layout), num_rows - 1)
-    need_in_row = need - (within_seg[row] - ties[row])
+    rank_in_row = rank - (within_seg[row] - ties[row])
     # That row's keys: the matching row of every leaf, then the one of the leaf it belongs to.
     leaf_rows = [_padded_rows(x) for x in keys]
     candidates = jnp.stack(
@@ -358,7 +389,7 @@ def _last_tie_position(
     )
     leaf = jnp.asarray(layout.leaf_of_row)[row]
     equal = candidates[leaf, jnp.arange(seg.count)] == threshold[:, None]
-    column = jnp.argmax(jnp.cumsum(equal.astype(jnp.int32), axis=1) >= need_in_row[:, None], 1)
+    column = jnp.argmax(jnp.cumsum(equal.astype(jnp.int32), axis=1) >= rank_in_row[:, None], 1)
     return jnp.asarray(layout.row_start, jnp.uint32)[row] + column.astype(jnp.uint32)
 
 
@@ -372,8 +403,8 @@ def select_smallest(
     """Marks, per segment, exactly the ``k[s]`` smallest keys; ties go to earlier positions.
 
     Args:
-      keys: uint32 arrays (any shape, no entry equal to 0xFFFFFFFF); leaf order, then row-major
-        order, is the tie order.
+      keys: uint32 arrays (any shape) from :func:`order_keys` (any keys below 0xFFFFFFFE do);
+        leaf order, then row-major order, is the tie order.
       k: int32 [num_segments], how many to select in each segment (at most its size).
       leaf_segment: for each leaf, its segment; segments are runs of consecutive leaves
         numbered 0, 1, ... in order.
@@ -399,16 +430,15 @@ def select_smallest(
     layout = _RowLayout.of([int(x.size) for x in keys])
     bracket = None
     if seg.count == 1:
-        bracket = _bracket(key_of, num, jnp.maximum(k, 1), sum(int(x.size) for x in keys))
-    found = _threshold(key_of, layout, seg, k, bracket, all_zero_keys)
-    k, threshold = found.k, found.low
-    t = [seg.leaf(threshold, i) for i in range(num)]
-    wanted = k - found.below  # ties to take
-    last = _last_tie_position(keys, layout, seg, threshold, wanted, found.ties)
+        bracket = _bracket(key_of, num, k, sum(int(x.size) for x in keys))
+    found, rows = _threshold(key_of, layout, seg, k, bracket, all_zero_keys)
+    # Every key below the threshold is selected, and the first `k - below` ties at it: the ties
+    # before the next one, which exists because more than k keys lie below threshold + 1.
+    left_out = _tie_position(keys, layout, seg, found.low, found.k - found.below + 1, rows.ties)
     out, offset = [], 0
     for i, key in enumerate(keys):
         position = jnp.uint32(offset) + lax.iota(jnp.uint32, key.size).reshape(key.shape)
-        take = seg.leaf(wanted, i) > 0
-        out.append((key < t[i]) | ((key == t[i]) & take & (position <= seg.leaf(last, i))))
+        t = seg.leaf(found.low, i)
+        out.append((key < t) | ((key == t) & (position < seg.leaf(left_out, i))))
         offset += int(key.size)
     return out

@@ -1,10 +1,13 @@
-"""Random pruning at initialisation with prescribed per-layer densities.
+"""Random pruning at initialisation with the per-layer densities of a core distribution.
 
-The control for pruning-at-init methods: the same number of weights per layer as a chosen layer-wise
-distribution (uniform, or ERK as in RigL), but *which* weights survive is random. The mask stays
-fixed during training.
+The control for pruning-at-init methods: each layer keeps as many weights as a layer-wise
+distribution of the core prescribes (``"uniform"`` or ``"erk"``, see
+``progprune.distributions``), but *which* weights survive is random. The mask stays fixed during
+training. Counts are the core's: each layer keeps exactly as many weights as
+``prune_to_sparsity`` with the same distribution keeps there.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -12,62 +15,32 @@ import jax.numpy as jnp
 import numpy as np
 
 import progprune
-from progprune.prunable import leaves_with_paths
+from progprune.distributions import PER_LAYER_DISTRIBUTIONS, layer_counts
+from progprune.schedules import check_sparsity
 
 PyTree = Any
-DISTRIBUTIONS = ("uniform", "erk")
 
 
-def layer_densities(
-    params: PyTree, sparsity: float, *, distribution: str = "erk", prunable: Any = None
-) -> list[float]:
-    """Per-leaf densities (share of weights kept), in ``jax.tree.leaves(params)`` order.
+def keep_counts(shapes: Sequence[Sequence[int]], sparsity: float, distribution: str) -> list[int]:
+    """Weights each prunable leaf keeps, from the leaves' shapes alone.
 
-    Non-prunable leaves get 1.0. ``"uniform"`` gives every prunable leaf ``1 - sparsity``;
-    ``"erk"`` takes ``progprune.erk_densities``.
+    The core's own per-layer counts (``progprune.distributions.layer_counts``): each layer
+    keeps exactly as many weights as ``progprune.prune_to_sparsity`` with the same
+    ``distribution`` keeps there, so random masks differ from magnitude masks only in *which*
+    weights survive.
 
-    >>> layer_densities({"b": jnp.zeros(3), "k": jnp.zeros((4, 5))}, 0.75, distribution="uniform")
-    [1.0, 0.25]
+    >>> keep_counts([(4, 5), (10,)], 0.5, "uniform")
+    [10, 5]
     """
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    is_prunable = jax.tree.leaves(progprune.prunable_mask(params, prunable))
-    if distribution == "uniform":
-        return [1.0 - sparsity if p else 1.0 for p in is_prunable]
-    # erk_densities returns {path: density} for the prunable leaves only.
-    erk = progprune.erk_densities(params, sparsity, prunable=prunable)
-    paths = [path for path, _ in leaves_with_paths(params)[0]]
-    return [float(erk[path]) if p else 1.0 for path, p in zip(paths, is_prunable, strict=True)]
-
-
-def apportion(densities: list[float], sizes: list[int], total_keep: int) -> list[int]:
-    """Integer keep-counts per leaf, each ``floor`` or ``ceil`` of ``density * size``, summing to
-    ``total_keep`` (largest-remainder rounding), so the global sparsity is exact.
-
-    >>> apportion([0.5, 0.5, 0.5], [3, 3, 3], 5)
-    [2, 2, 1]
-    """
-    exact = np.asarray(densities, np.float64) * np.asarray(sizes)
-    counts = np.clip(np.floor(exact + 1e-9), 0, sizes).astype(np.int64)
-    # Hand out the missing (or take back the extra) units by fractional part; stable ties keep
-    # earlier leaves first, so the result is deterministic.
-    remainder = int(total_keep - counts.sum())
-    order = np.argsort(-(exact - counts), kind="stable")
-    step = 1 if remainder > 0 else -1
-    if remainder < 0:
-        order = order[::-1]
-    while remainder != 0:
-        moved = False
-        for i in order:
-            if remainder == 0:
-                break
-            if 0 <= counts[i] + step <= sizes[i]:
-                counts[i] += step
-                remainder -= step
-                moved = True
-        if not moved:
-            raise ValueError(f"cannot keep {total_keep} weights in leaves of sizes {sizes}")
-    return counts.tolist()
+    check_sparsity(sparsity, "sparsity")
+    if distribution not in PER_LAYER_DISTRIBUTIONS:
+        raise ValueError(
+            f"random masks need a per-layer distribution, one of "
+            f"{', '.join(PER_LAYER_DISTRIBUTIONS)}; got {distribution!r}."
+        )
+    sizes = [int(np.prod(s)) for s in shapes]
+    pruned = layer_counts(sizes, shapes, jnp.float32(sparsity), distribution)
+    return [n - int(k) for n, k in zip(sizes, np.asarray(pruned), strict=True)]
 
 
 def random_masks(
@@ -78,18 +51,19 @@ def random_masks(
     distribution: str = "erk",
     prunable: Any = None,
 ) -> PyTree:
-    """Random masks with the per-leaf densities of ``distribution`` and exact global sparsity.
+    """Random masks with the per-layer counts of ``distribution``.
 
-    Exactly ``round(sparsity * N)`` of the ``N`` prunable weights are pruned (as in
-    ``progprune.prune_to_sparsity``); each prunable leaf keeps ``floor`` or ``ceil`` of
-    ``density * size`` weights, at positions drawn uniformly at random (a permutation per leaf
-    from ``jax.random.fold_in(rng, leaf_index)``). Non-prunable leaves are all-true.
+    Each prunable leaf keeps :func:`keep_counts` weights (as many as
+    ``progprune.prune_to_sparsity`` keeps there with the same distribution), at positions drawn
+    uniformly at random (a permutation per leaf from ``jax.random.fold_in(rng, leaf_index)``).
+    Non-prunable leaves are all-true.
 
     Args:
       rng: a PRNG key.
       params: the parameter pytree (only shapes and which leaves are prunable matter).
       sparsity: share of prunable weights to remove, in [0, 1).
-      distribution: ``"erk"`` or ``"uniform"``.
+      distribution: one of ``progprune.distributions.PER_LAYER_DISTRIBUTIONS``: ``"erk"`` or
+        ``"uniform"``.
       prunable: which leaves may be pruned (see ``progprune.prunable_mask``).
 
     Returns:
@@ -102,16 +76,14 @@ def random_masks(
     """
     leaves, treedef = jax.tree.flatten(params)
     is_prunable = jax.tree.leaves(progprune.prunable_mask(params, prunable))
-    densities = layer_densities(params, sparsity, distribution=distribution, prunable=prunable)
-    sizes = [int(np.size(x)) if p else 0 for x, p in zip(leaves, is_prunable, strict=True)]
-    total = sum(sizes)
-    counts = apportion(densities, sizes, total - round(sparsity * total))
+    shapes = [np.shape(x) for x, p in zip(leaves, is_prunable, strict=True) if p]
+    counts = iter(keep_counts(shapes, sparsity, distribution))
     masks = []
-    for i, (leaf, p, k) in enumerate(zip(leaves, is_prunable, counts, strict=True)):
+    for i, (leaf, p) in enumerate(zip(leaves, is_prunable, strict=True)):
         if not p:
             masks.append(jnp.ones(jnp.shape(leaf), bool))
             continue
         order = jax.random.permutation(jax.random.fold_in(rng, i), np.size(leaf))
-        flat = jnp.zeros(np.size(leaf), bool).at[order[:k]].set(True)
+        flat = jnp.zeros(np.size(leaf), bool).at[order[: next(counts)]].set(True)
         masks.append(flat.reshape(jnp.shape(leaf)))
     return jax.tree.unflatten(treedef, masks)

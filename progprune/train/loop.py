@@ -272,9 +272,21 @@ class Run:
         return {"sparsity": self.last_sparsity, "per_layer_sparsity": layers}
 
     def _sparsity(self, state) -> dict[str, float]:
+        self._check_pruning(state)
         masks = self.launcher.get_state(progprune.get_masks(state.opt_state))
         summary = progprune.sparsity_summary(masks)
         return {k: float(v) for k, v in summary.items()}
+
+    def _check_pruning(self, state) -> None:
+        """Raises if the masked optimizer recorded a fault (see ``progprune.check_pruning``)."""
+        is_state = lambda x: isinstance(x, progprune.MaskedPruningState)  # noqa: E731
+        # Only the fault scalars travel to the host, not the masks or the optimizer's moments.
+        light = [
+            x._replace(masks=None, inner_state=None)
+            for x in jax.tree.leaves(state.opt_state, is_leaf=is_state)
+            if is_state(x)
+        ]
+        progprune.check_pruning(self.launcher.get_state(light))
 
     def _evaluate(self, state) -> dict[str, float]:
         return self.launcher.get_metrics(self.launcher.eval_step(state, *self.eval_data))

@@ -37,7 +37,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """
     from progprune import DISTRIBUTIONS, data, methods, models
     from progprune.data.sources import SOURCES
-    from progprune.methods import random_masks
+    from progprune.distributions import PER_LAYER_DISTRIBUTIONS
     from progprune.train import build, parallel
 
     return {
@@ -50,7 +50,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "parallel": tuple(parallel.LAUNCHERS),
         "pruning.method": methods.METHODS,
         "pruning.distribution": DISTRIBUTIONS,
-        "pruning.random_distribution": random_masks.DISTRIBUTIONS,
+        "pruning.random_distribution": PER_LAYER_DISTRIBUTIONS,
     }
 
 
