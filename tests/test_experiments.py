@@ -67,7 +67,7 @@ def test_lenet5_equal_cost_sweep_gives_one_cycle_imps_budget():
     imp = [r for r in runs if r["pruning.method"] == "imp"]
     assert [r["seed"] for r in imp] == list(seeds) and len(runs) == len(cells) + len(imp)
     # The long single cycles cost what IMP's chain to 98% costs: 3 trainings of `short`.
-    assert all(r["imp_chain"] == levels and r["num_epochs"] == short for r in imp)
+    assert all(r["pruning.imp_sparsities"] == levels and r["num_epochs"] == short for r in imp)
     assert all(r["pruning.rewind_step"] == round(0.05 * short * 468) for r in imp)
     assert all(r["model"] == "lenet5" and r["learning_rate"] == 0.05 for r in runs)
     assert [r["seed"] for r in runs] == sorted(r["seed"] for r in runs)  # whole seeds first

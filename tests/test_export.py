@@ -361,7 +361,7 @@ def test_cli_bad_input_prints_one_line(quickstart_run, tmp_path, capsys):
     cases = {
         f"--workdir={no_checkpoint}": "no checkpoint in",
         f"--workdir={tmp_path / 'nowhere'}": "does not exist",
-        f"--workdir={tmp_path}": "has no config.json",
+        f"--workdir={tmp_path}": "has no readable config.json",
         f"--check={quickstart_run / 'config.json'}": "is not a progprune export",
     }
     for arg, message in cases.items():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 from absl import app, flags
@@ -67,6 +68,9 @@ def main(argv: list[str]) -> None:
     from progprune.train.errors import StorageError, exit_code
 
     sys.excepthook = _quiet_closed_loop(sys.excepthook)
+    # The same callbacks also fail in the storage library's threads and in finalizers.
+    threading.excepthook = _quiet_closed_loop_args(threading.excepthook)
+    sys.unraisablehook = _quiet_closed_loop_args(sys.unraisablehook)
 
     # One line per expected failure: orbax logs its own tracebacks of a failed write (absl
     # logger) before ours says what failed and what to do. --verbosity=0 shows them.
@@ -98,6 +102,18 @@ def _quiet_closed_loop(default):
         if kind is RuntimeError and str(value) == "Event loop is closed":
             return
         default(kind, value, tb)
+
+    return hook
+
+
+def _quiet_closed_loop_args(default):
+    """The filter of :func:`_quiet_closed_loop` for hooks that take one argument holding
+    ``exc_type`` and ``exc_value`` (``threading.excepthook``, ``sys.unraisablehook``)."""
+
+    def hook(args):
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
+            return
+        default(args)
 
     return hook
 
