@@ -81,6 +81,19 @@ class MaskedPruningState(NamedTuple):
     faults: PruningFaults
 
 
+def is_update_step(count: Any, update_every: int) -> Any:
+    """Whether the update taken at ``count`` (updates done before it) recomputes the masks.
+
+    The one rule for when masks may change (they do if the schedule has also risen): ``masked``
+    applies it to its traced count, and host code (the trainer's logging, mask records) asks it
+    with a Python int instead of re-deriving it.
+
+    >>> is_update_step(20, 10), is_update_step(25, 10)
+    (True, False)
+    """
+    return count % update_every == 0
+
+
 def _check_inner(inner: Any) -> None:
     if callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None)):
         return
@@ -208,7 +221,8 @@ def masked(
             return state.sparsity, jnp.bool_(True), jnp.bool_(False)
         target = jnp.asarray(schedule(state.count), jnp.float32)
         valid = valid_sparsity(target)
-        return target, valid, (state.count % update_every == 0) & valid & (target > state.sparsity)
+        due = is_update_step(state.count, update_every) & valid & (target > state.sparsity)
+        return target, valid, due
 
     def refresh(params, state, target, due):
         """Masks and faults for this update, and a 0.0 for the updates to add.

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 import progprune
+from progprune.optimizer import is_update_step
 
 PyTree = Any
 METHODS = ("dense", "progressive", "gmp", "oneshot", "imp", "snip", "grasp", "random", "fixed")
@@ -54,7 +55,7 @@ class PruningSetup(NamedTuple):
         >>> PruningSetup(lambda t: 0.5, 10, "global", None, 20).may_update_masks(20)
         True
         """
-        return self.schedule is not None and count % self.update_every == 0
+        return self.schedule is not None and bool(is_update_step(count, self.update_every))
 
 
 def check_method(method: str) -> str:
