@@ -99,16 +99,19 @@ SUITES = {
         "tests/test_masks.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.masks]",
         "tests/test_errors.py",
+        "tests/test_pruning_faults.py",
     ],
     "progprune/optimizer.py": [
         "tests/test_optimizer.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.optimizer]",
         "tests/test_errors.py",
+        "tests/test_pruning_faults.py",
     ],
     "progprune/schedules.py": [
         "tests/test_schedules.py",
         "tests/test_core_doctests.py::test_docstring_examples[progprune.schedules]",
         "tests/test_errors.py",
+        "tests/test_pruning_faults.py",
     ],
     "progprune/distributions.py": [
         "tests/test_distributions.py",
