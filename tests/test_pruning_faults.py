@@ -58,6 +58,7 @@ def run(tx, steps, params=None):
     "schedule, match",
     [
         (0.5, "constant_schedule"),
+        ("linear", "must be a function step -> sparsity, got 'linear'"),
         (progprune.linear_schedule, "factory must be called"),
         (lambda step: 1.2 + 0 * step, r"schedule\(0\) returned 1.2"),
         (lambda step: jnp.float32(-0.5), r"returned -0.5"),
