@@ -12,8 +12,10 @@ All counting passes (entries already pruned, the bracket check, the bisection, t
 the threshold and the ties per row) run in the body of one ``while_loop``. Besides being compact,
 this matters for speed: XLA's CPU runtime pays, at every execution, for each reduction compiled
 into a program, including those in the untaken branch of the optimizer's ``lax.cond``. Counting
-code inlined at five places made every training step without a mask update ~0.3 ms slower on
-a ResNet-18-sized tree; compiled once, it costs under 0.1 ms.
+code inlined at five places made every training step without a mask update slower on a
+ResNet-18-sized tree (~0.3 ms, against under 0.1 ms compiled once: timed while writing e116bdf,
+not kept in a committed result; ``benchmarks/results/mask_update.json`` has that commit's step
+times).
 
 Segments let one pass serve several independent selections (one per layer for the ``uniform`` and
 ``erk`` distributions): every leaf belongs to one segment and each segment has its own ``k``.
