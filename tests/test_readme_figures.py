@@ -232,6 +232,23 @@ def test_export_size_table_matches_the_benchmark():
         assert cells == want, f"README row {name!r}: {cells} but the JSON says {want}"
 
 
+def test_export_size_side_figures_match_the_benchmark():
+    rows = read_json(BENCH / "export_size.json")["rows"]
+    text = " ".join(section("Export a sparse model").split())
+    tiny = [x for x in rows if x["model"].startswith("tiny")]
+    dense_kb = sorted(x["dense_bytes"] / 1e3 for x in tiny)
+    ratios = sorted(100 * x["ratio"] for x in tiny)
+    assert f"{dense_kb[0]:.0f}–{dense_kb[-1]:.0f} kB dense" in text
+    assert f"stay at {ratios[0]:.0f}–{ratios[-1]:.0f}%" in text
+    glob = {(x["model"], x["sparsity"]): x["ratio"] for x in rows if x["distribution"] == "global"}
+    worst = max(
+        100 * (x["ratio"] - glob[x["model"], x["sparsity"]])
+        for x in rows
+        if x["distribution"] != "global" and not x["model"].startswith("tiny")
+    )
+    assert worst < 0.5 and "under +0.5 pp more" in text
+
+
 def lenet300_inference() -> dict[tuple[float, int, str], dict]:
     r = read_json(BENCH / "sparse_inference.json")
     return {
