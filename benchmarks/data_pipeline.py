@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from progprune import data
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.run_sweep import code_version  # noqa: E402
+from progprune import data  # noqa: E402
 
 MEAN, STD = data.stats("cifar10")
 PAD = 4
@@ -192,6 +196,7 @@ def main() -> None:
     device = jax.devices()[0]
     result = {
         "benchmark": "data_pipeline",
+        "commit": code_version(),
         "data": f"{ds.name}, n={args.n}",
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from jax._src.lib import _profiler  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import default  # noqa: E402
+from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data, models  # noqa: E402
 from progprune.train import build, parallel, steps  # noqa: E402
 from progprune.train.state import to_host  # noqa: E402
@@ -60,12 +60,6 @@ def flax_max_pool(x: jax.Array, window_shape: tuple[int, int]) -> jax.Array:
 
 
 POOLS = {"flax nn.max_pool": flax_max_pool, "pooling.max_pool": models.pooling.max_pool}
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def timed(fn, *args, rounds: int = 5, calls: int = 8) -> tuple[float, float]:
@@ -222,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {
         "benchmark": "lenet5_step",
-        "commit": git_commit(),
+        "commit": code_version(),
         "machine": platform.processor() or platform.machine(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "load_average_at_start": os.getloadavg(),

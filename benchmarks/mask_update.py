@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import progprune
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import progprune  # noqa: E402
+from experiments.run_sweep import code_version  # noqa: E402
 
 # CIFAR ResNet-18: stem, 4 stages of 2 BasicBlocks, 1x1 projection shortcuts, 10-way head.
 _CHANNELS = (64, 128, 256, 512)
@@ -208,6 +212,7 @@ def main() -> None:
     results["device"] = str(jax.devices()[0].device_kind)
     results["platform"] = platform.platform()
     results["jax"] = jax.__version__
+    results["commit"] = code_version()
     width = max(len(k) for k in results)
     for key, value in results.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)

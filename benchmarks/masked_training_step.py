@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import progprune
-from progprune import models
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import progprune  # noqa: E402
+from experiments.run_sweep import code_version  # noqa: E402
+from progprune import models  # noqa: E402
 
 
 def make_step(model, tx, x, y):
@@ -70,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/masked_training_step.json")
     args = parser.parse_args()
-    results = measure()
+    results = {**measure(), "commit": code_version()}
     for key, value in results.items():
         print(f"{key:<20} {value:.3f}" if isinstance(value, float) else f"{key:<20} {value}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

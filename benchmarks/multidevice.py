@@ -17,7 +17,8 @@ Two measurements, each in fresh subprocesses (a process's device count is fixed 
     python benchmarks/multidevice.py                 # both, ~10 minutes on 2 idle cores
     python benchmarks/multidevice.py --only speed
 
-Prints tables and writes benchmarks/results/multidevice.json (with the git commit).
+Prints tables and writes benchmarks/results/multidevice.json (with the git commit); no such
+result is committed yet, so the queue depths `progprune.train.parallel` cites are in none.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from experiments.run_sweep import code_version  # noqa: E402  (imports no JAX)
+
 FLAG = "--xla_force_host_platform_device_count"
 
 # One data-parallel step with one all-reduce, dispatched N times before waiting once.
@@ -129,15 +134,6 @@ def quickstart_speed(devices: int, kind: str, in_flight: int, epochs: float) -> 
     }
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("queue", "speed"), default=None)
@@ -145,7 +141,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     args = parser.parse_args()
     result = {
-        "commit": _commit(),
+        "commit": code_version(),
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "queue": [],

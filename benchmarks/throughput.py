@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import resnet18_cifar10  # noqa: E402
+from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data  # noqa: E402
 from progprune.train import build, parallel  # noqa: E402
 from progprune.train.state import to_host  # noqa: E402
@@ -108,6 +109,7 @@ def main() -> None:
     device = jax.devices()[0].device_kind
     result.update(
         benchmark="throughput",
+        commit=code_version(),
         model=args.model,
         data="synthetic 32x32x3 (random, not a real data set)",
         device=device,

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
 from configs import default  # noqa: E402
+from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data, models  # noqa: E402
 from progprune.train import train_and_evaluate  # noqa: E402
 
@@ -112,6 +113,7 @@ def main() -> None:
     t, h = max(trainer), max(hand)  # best of n: least disturbed by other processes
     result = {
         "benchmark": "trainer_overhead",
+        "commit": code_version(),
         "model": "lenet5",
         "data": "fashion_mnist",
         "batch_size": config.batch_size,

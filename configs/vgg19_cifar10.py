@@ -3,9 +3,9 @@
     python -m progprune.data prepare cifar10            # once, needs the network
     python -m progprune.train --config=configs/vgg19_cifar10.py --workdir=/tmp/vgg19
 
-GraSP's recipe: 160 epochs, step decay x0.1 at epochs 80 and 120. Expected (paper, not yet
-reproduced here): 93.44% test accuracy at 0.9797 sparsity (GraSP: 92.19% at 98%).
-Cost: ~62k steps; tens of minutes on one GPU.
+GraSP's recipe: 160 epochs, step decay x0.1 at epochs 80 and 120. Paper: 93.44% test
+accuracy at 0.9797 sparsity (the seed paper's abstract, arXiv 2606.12278; GraSP, Wang et al.
+2020: 92.19% at 98%). Not run here. Cost: ~62k steps.
 """
 
 import ml_collections

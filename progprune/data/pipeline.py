@@ -11,8 +11,9 @@ so no data crosses from the host during training. Everything is a function of
 run sees from step s on.
 
 Shuffling draws a fresh permutation of the split each epoch from (seed, epoch). We do not
-materialise it: `jax.random.permutation` of 60k indices costs ~30 ms per call on a CPU
-core, more than a whole LeNet step, and doing it once per epoch would need state carried
+materialise it: a `jax.random.permutation` of the split in every step adds ~27 ms a step on
+a CPU core (50k indices, batch 128: benchmarks/results/data_pipeline.json), almost a
+whole LeNet-5 step, and doing it once per epoch would need state carried
 through the step. Instead a keyed Feistel network (a pseudo-random permutation of
 [0, 2^(2h)), walked in cycles back into [0, n)) maps the batch's positions in the epoch
 straight to example indices: O(batch_size) work, any step, no state.

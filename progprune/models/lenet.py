@@ -62,7 +62,8 @@ class LeNet5(nn.Module):
 
     Convolutions are VALID with bias and, as in SNIP and Caffe's LeNet, no activation (the only
     ReLU is after fc500). Max-pools are 2x2, stride 2; by default `pooling.max_pool`, which
-    equals flax's `nn.max_pool` in value and gradient and trains ~1.4x faster on a CPU core.
+    equals flax's `nn.max_pool` in value and gradient and makes a trainer step 2.1x faster on a
+    CPU core (69.6 -> 32.5 ms at batch 128, benchmarks/results/lenet5_step.json).
 
     Raises:
       ValueError: if the input is not NHWC or is smaller than 16x16 (the smallest size for which
