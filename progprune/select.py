@@ -9,7 +9,7 @@ first, so a ResNet-18 needs about 20 passes instead of 32. Every key below the t
 selected; ties at it are broken by position (earlier flattened position first): the ties of every
 row are counted, and only the row holding the first tie left out is searched.
 
-The counting passes run as named steps of one ``while_loop`` (see ``_STEPS``): count the entries
+The counting passes run as named steps of one ``while_loop`` (see ``_threshold``): count the entries
 already pruned, check the bracket's two sides, bisect, count below the threshold, count the ties.
 One loop body is more than compact: XLA's CPU runtime pays, at every execution, for each
 reduction compiled into a program, including those in the untaken branch of the optimizer's
