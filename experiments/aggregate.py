@@ -89,6 +89,28 @@ def run_rows(run_dir: str) -> list[Row]:
     ]
 
 
+def planned_rows(run: Row) -> list[Row]:
+    """The rows a sweep's run gives once finished (`run_rows`' keys, no results): one, or one
+    per level of an IMP chain.
+
+    >>> run = {"model": "m", "pruning.method": "imp", "seed": 0, "num_epochs": 10.0,
+    ...        "pruning.sparsity": 0.9, "pruning.imp_sparsities": (0.5, 0.9)}
+    >>> [(r["method"], r["sparsity"], r["training_epochs"]) for r in planned_rows(run)]
+    [('imp', 0.5, 10.0), ('imp', 0.9, 10.0)]
+    """
+    method = run["pruning.method"]
+    base = {
+        "model": run["model"],
+        "method": run.get("label", method),
+        "seed": run["seed"],
+        "training_epochs": float(run["num_epochs"]),
+    }
+    if method == "imp":  # runs before commit 7d412e9 named the levels "imp_chain"
+        levels = run.get("pruning.imp_sparsities", run.get("imp_chain", ()))
+        return [{**base, "sparsity": float(s)} for s in levels]
+    return [{**base, "sparsity": float(run["pruning.sparsity"])}]
+
+
 def collect(sweep_dir: str) -> list[Row]:
     """Rows of every run directory under ``sweep_dir``."""
     return [row for d in sorted(glob.glob(os.path.join(sweep_dir, "*"))) for row in run_rows(d)]

@@ -10,6 +10,11 @@ wall-clock seconds (an IMP level: the chain up to the round that reached it). Fo
 level the report names the cheapest single-cycle cell whose mean accuracy is at least IMP's
 mean minus one IMP std, and each single-cycle method's gap to IMP at the longest length that
 costs no more than IMP. A hand-written ``<out>/<name>_notes.md`` is copied in as findings.
+
+Unfinished sweeps are reported, never silently: every result a sweep of ``experiments/sweeps.py``
+plans but no finished run gave is listed (with the state of its run directory), a cell with
+fewer seeds than planned says so next to its accuracy, and a cell with none reads "missing".
+Each CSV row names its sweep and the commits that sweep's invocations ran.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import os
 from collections import defaultdict
 
-from experiments import aggregate
+from experiments import aggregate, completeness, sweeps
 
 Row = aggregate.Row
 NOT_ONE_CYCLE = ("dense", "imp")  # dense is not sparse; IMP is the many-cycle reference
@@ -37,6 +42,9 @@ CSV_FIELDS = (
     "measured_sparsity",
     "wall_clock_s",
     "seeds",
+    "n_planned",
+    "sweep",
+    "commits",
 )
 
 
@@ -51,8 +59,7 @@ def cells(rows: list[Row]) -> list[Row]:
     """
     groups = defaultdict(list)
     for r in rows:
-        key = (r["model"], r["method"], float(r["sparsity"]), float(r["training_epochs"]))
-        groups[key].append(r)
+        groups[completeness.cell_key(r)].append(r)
     out = []
     for (model, method, sparsity, training_epochs), rs in groups.items():
         mean, std = aggregate.mean_std([100.0 * r["accuracy"] for r in rs])
@@ -71,10 +78,17 @@ def cells(rows: list[Row]) -> list[Row]:
                 "measured_sparsity": sum(r["measured_sparsity"] for r in rs) / len(rs),
                 "wall_clock_s": sum(r["wall_clock_s"] for r in rs) / len(rs),
                 "seeds": " ".join(str(s) for s in sorted(r["seed"] for r in rs)),
+                "sweep": " ".join(sorted({r.get("sweep", "") for r in rs})),
             }
         )
-    order = lambda c: (c["model"], c["sparsity"], aggregate._method_rank(c["method"]), c["epochs"])
+    order = lambda c: (c["model"], c["sparsity"], _rank(c["method"]), c["epochs"])
     return sorted(out, key=order)
+
+
+def _rank(method: str) -> tuple[int, str]:
+    """Methods in the aggregator's order, labelled variants after them by name (not by the
+    order of a set, which changes from run to run)."""
+    return aggregate._method_rank(method), method
 
 
 def _std(cell: Row) -> float:
@@ -133,7 +147,9 @@ def _acc(c: Row | None) -> str:
     if c is None:
         return "–"
     std = "" if math.isnan(c["accuracy_std"]) else f" ± {c['accuracy_std']:.2f}"
-    return f"{c['accuracy_mean']:.2f}{std}"
+    planned = c.get("n_planned") or c["n"]
+    partial = f" [{c['n']} of {planned} seeds]" if c["n"] < planned else ""
+    return f"{c['accuracy_mean']:.2f}{std}{partial}"
 
 
 def _diff(a: Row | None, b: Row | None) -> str:
@@ -146,7 +162,7 @@ def _diff(a: Row | None, b: Row | None) -> str:
 
 def _methods(table: list[Row], model: str) -> list[str]:
     found = {c["method"] for c in table if c["model"] == model}
-    return sorted(found - set(NOT_ONE_CYCLE), key=aggregate._method_rank)
+    return sorted(found - set(NOT_ONE_CYCLE), key=_rank)
 
 
 def _lengths(table: list[Row], model: str) -> list[float]:
@@ -155,19 +171,23 @@ def _lengths(table: list[Row], model: str) -> list[float]:
     )
 
 
-def accuracy_table(table: list[Row], model: str) -> list[str]:
-    """Single-cycle accuracy: one row per (sparsity, method), one column per training length."""
-    lengths = _lengths(table, model)
+def accuracy_table(table: list[Row], model: str, gone: list[Row] = ()) -> list[str]:
+    """Single-cycle accuracy: one row per (sparsity, method), one column per training length;
+    "missing" where a planned cell has no finished run (`gone`, cells of `missing`)."""
+    gone = [c | {"epochs": c["training_epochs"]} for c in gone if c["method"] != "imp"]
+    both = table + gone
     by = {(c["method"], c["sparsity"], c["epochs"]): c for c in table if c["model"] == model}
+    absent = {(c["method"], c["sparsity"], c["epochs"]) for c in gone if c["model"] == model}
+    cell = lambda k: "missing" if k in absent else _acc(by.get(k))
+    lengths = _lengths(both, model)
     lines = [
         "| sparsity | method | " + " | ".join(f"{e:g} ep" for e in lengths) + " |",
         "|---|---|" + "---|" * len(lengths),
-        "| 0 | dense | " + " | ".join(_acc(by.get(("dense", 0.0, e))) for e in lengths) + " |",
+        "| 0 | dense | " + " | ".join(cell(("dense", 0.0, e)) for e in lengths) + " |",
     ]
-    for s in _levels(table, model):
-        for m in _methods(table, model):
-            row = " | ".join(_acc(by.get((m, s, e))) for e in lengths)
-            lines.append(f"| {s:g} | {m} | {row} |")
+    for s in _levels(both, model):
+        for m in _methods(both, model):
+            lines.append(f"| {s:g} | {m} | " + " | ".join(cell((m, s, e)) for e in lengths) + " |")
     return lines
 
 
@@ -181,18 +201,25 @@ def _imps(table: list[Row], model: str) -> list[Row]:
     return [c for c in table if c["model"] == model and c["method"] == "imp"]
 
 
-def imp_table(table: list[Row], model: str) -> list[str]:
-    """IMP chains: accuracy at each sparsity, with the total epochs that level cost."""
-    levels = sorted({c["sparsity"] for c in _imps(table, model)})
-    chains = sorted({c["training_epochs"] for c in _imps(table, model)})
+def imp_table(table: list[Row], model: str, gone: list[Row] = ()) -> list[str]:
+    """IMP chains: accuracy at each sparsity, with the total epochs that level cost; "missing"
+    where a planned level has no finished round (`gone`)."""
+    absent = [c for c in _imps(gone, model)]
+    levels = sorted({c["sparsity"] for c in _imps(table, model) + absent})
+    chains = sorted({c["training_epochs"] for c in _imps(table, model) + absent})
     by = {(c["training_epochs"], c["sparsity"]): c for c in _imps(table, model)}
+    by |= {(c["training_epochs"], c["sparsity"]): None for c in absent}
     lines = [
         "| IMP chain | " + " | ".join(f"{s:g}" for s in levels) + " |",
         "|---|" + "---|" * len(levels),
     ]
     for t in chains:
         row = [
-            f"{_acc(by[(t, s)])} ({by[(t, s)]['epochs']:g} ep)" if (t, s) in by else "–"
+            "missing"
+            if (t, s) in by and by[(t, s)] is None
+            else f"{_acc(by[(t, s)])} ({by[(t, s)]['epochs']:g} ep)"
+            if (t, s) in by
+            else "–"
             for s in levels
         ]
         lines.append(f"| {t:g} epochs/round | " + " | ".join(row) + " |")
@@ -258,9 +285,7 @@ def summary_table(table: list[Row]) -> list[str]:
     """One row per model and sparsity against the IMP chain of shortest rounds: IMP, each
     single-cycle method's runs nearest to IMP's epochs (`bracket`), and the cheapest match."""
     models = sorted({c["model"] for c in table})
-    methods = sorted(
-        {m for model in models for m in _methods(table, model)}, key=aggregate._method_rank
-    )
+    methods = sorted({m for model in models for m in _methods(table, model)}, key=_rank)
     lines = [
         "| model | sparsity | IMP (epochs) | "
         + " | ".join(methods)
@@ -319,9 +344,7 @@ def wall_table(table: list[Row], model: str) -> list[str]:
     lines = ["| sparsity | method | cost: epochs → wall-clock s |", "|---|---|---|"]
     mine = [c for c in table if c["model"] == model]
     for s in sorted({c["sparsity"] for c in mine}):
-        for m in sorted(
-            {c["method"] for c in mine if c["sparsity"] == s}, key=aggregate._method_rank
-        ):
+        for m in sorted({c["method"] for c in mine if c["sparsity"] == s}, key=_rank):
             costs = sorted(
                 (c["epochs"], c["wall_clock_s"])
                 for c in mine
@@ -333,16 +356,16 @@ def wall_table(table: list[Row], model: str) -> list[str]:
     return lines
 
 
-def model_section(table: list[Row], model: str) -> list[str]:
-    """Every table of one model."""
+def model_section(table: list[Row], model: str, gone: list[Row] = ()) -> list[str]:
+    """Every table of one model (`gone`: planned cells without a finished run)."""
     seeds = sorted({c["n"] for c in table if c["model"] == model})
     lines = [f"## {model}", "", f"Seeds per cell: {', '.join(map(str, seeds))}.", ""]
     lines += aggregate._table(
-        "Single cycle: test accuracy (%) by training length", accuracy_table(table, model)
+        "Single cycle: test accuracy (%) by training length", accuracy_table(table, model, gone)
     )
     lines += aggregate._table(
         "IMP chains: test accuracy (%) (total epochs of the chain up to that level)",
-        imp_table(table, model),
+        imp_table(table, model, gone),
     )
     note = "A match: a mean accuracy ≥ IMP's mean − IMP's std; the cheapest in total epochs."
     lines += aggregate._table("Does one cycle match IMP?", match_table(table, model), note)
@@ -353,7 +376,8 @@ def model_section(table: list[Row], model: str) -> list[str]:
     )
     lines += aggregate._table("Gap to IMP at IMP's cost", gap_table(table, model), note)
     methods = _methods(table, model)
-    for a, b in (("progressive", "gmp"), ("progressive-end0.5-every20", "progressive")):
+    best = sweeps.ABLATION_BEST["label"]  # the schedule ablation's best settings
+    for a, b in (("progressive", "gmp"), (best, "progressive"), (best, "gmp")):
         if a in methods and b in methods:
             lines += aggregate._table(
                 f"{a} − {b} (pp)",
@@ -390,6 +414,16 @@ def plot(path: str, table: list[Row]) -> None:
     plt.close(fig)
 
 
+# One color per method in every panel; IMP's stars apart from them.
+METHOD_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:brown")
+IMP_COLORS = ("tab:red", "tab:purple", "tab:pink")
+
+
+def _color(table: list[Row], method: str) -> str:
+    methods = sorted({c["method"] for c in table} - set(NOT_ONE_CYCLE), key=_rank)
+    return METHOD_COLORS[methods.index(method) % len(METHOD_COLORS)]
+
+
 def _panel(ax, table: list[Row], model: str, sparsity: float, x: str) -> None:
     err = lambda cs: [_std(c) for c in cs]
     dense = sorted(
@@ -402,6 +436,7 @@ def _panel(ax, table: list[Row], model: str, sparsity: float, x: str) -> None:
         color="k",
         ls="--",
         lw=1,
+        marker=".",
         label="dense",
     )
     for m in _methods(table, model):
@@ -415,8 +450,10 @@ def _panel(ax, table: list[Row], model: str, sparsity: float, x: str) -> None:
             marker="o",
             ms=3,
             capsize=2,
+            color=_color(table, m),
             label=m,
         )
+    chains = sorted({c["training_epochs"] for c in _imps(table, model)})
     for imp in _imps(table, model):
         if imp["sparsity"] == sparsity:
             ax.errorbar(
@@ -427,30 +464,48 @@ def _panel(ax, table: list[Row], model: str, sparsity: float, x: str) -> None:
                 ms=11,
                 ls="none",
                 capsize=3,
+                color=IMP_COLORS[chains.index(imp["training_epochs"]) % len(IMP_COLORS)],
                 label=f"IMP {imp['training_epochs']:g} ep/round",
             )
-    ax.set_xlabel("total training epochs" if x == "epochs" else "total wall-clock (s, one core)")
+    ax.set_xlabel("total training epochs" if x == "epochs" else "total wall-clock (s)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{model}, sparsity {sparsity:g}", fontsize=10)
+    mine = [c for c in table if c["model"] == model and c["sparsity"] in (0.0, sparsity)]
+    short = any(c["n"] < (c.get("n_planned") or c["n"]) for c in mine)
+    ax.set_title(f"{model}, sparsity {sparsity:g}" + (" (seeds missing)" * short), fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6)
 
 
-def report(name: str, sweep_dirs: list[str], table: list[Row], notes: str | None) -> str:
-    sweeps = " ".join(f"--sweep={os.path.basename(d)}" for d in sweep_dirs)
+def report(
+    name: str,
+    sweep_dirs: list[str],
+    table: list[Row],
+    notes: str | None,
+    coverage: tuple[list[Row], list[str]] = ([], []),
+) -> str:
+    """The markdown report; `coverage`: missing results and their lines (`completeness.check`)."""
+    absent, coverage_lines = coverage
+    flags = " ".join(f"--sweep={os.path.basename(d)}" for d in sweep_dirs)
     lines = [
         f"# Equal cost: `{name}`",
         "",
-        f"Generated by `python -m experiments.equal_cost {sweeps} --name={name}`. Accuracy: "
+        f"Generated by `python -m experiments.equal_cost {flags} --name={name}`. Accuracy: "
         "top-1 test accuracy (%) at the end of training, mean ± std (ddof=1) over seeds. "
         "Cost: epochs (and wall-clock) of every training a result needed; an IMP level costs "
         "its chain up to the round that reached it.",
         "",
-        "## Runs",
-        "",
     ]
+    if absent:
+        lines += [
+            f"**Partial: {sum(len(c['seeds']) for c in absent)} planned result(s) missing** "
+            "(listed under Completeness). Every table below is drawn from the finished runs "
+            "only; a cell short of seeds says so (`[n of N seeds]`).",
+            "",
+        ]
+    lines += ["## Runs", ""]
     for d in sweep_dirs:
         lines += [f"`{os.path.basename(d)}`:", "", *aggregate.invocation_lines(d), ""]
+    lines += ["## Completeness", "", *coverage_lines]
     note = (
         "Test accuracy (%) against the IMP chain with the shortest rounds. Single-cycle "
         "cells: the runs nearest to IMP's cost, the longest costing at most IMP's epochs / the "
@@ -459,17 +514,31 @@ def report(name: str, sweep_dirs: list[str], table: list[Row], notes: str | None
     lines += aggregate._table("Summary", summary_table(table), note)
     if notes:
         lines += ["## Findings", "", notes.strip(), ""]
+    gone = [c for c in absent if len(c["seeds"]) == c["n_planned"]]
     for model in sorted({c["model"] for c in table}):
-        lines += model_section(table, model)
+        lines += model_section(table, model, gone)
     return "\n".join([*lines, f"![accuracy vs cost]({name}.png)", ""])
 
 
-def equal_cost(sweeps: list[str], root: str, out: str, name: str) -> list[Row]:
+def equal_cost(sweep_names: list[str], root: str, out: str, name: str) -> list[Row]:
     """Writes ``<out>/<name>.{md,csv,png}`` from the sweeps' run directories; returns the cells."""
-    sweep_dirs = [os.path.join(root, s) for s in sweeps]
-    table = cells([row for d in sweep_dirs for row in aggregate.collect(d)])
+    sweep_dirs = [os.path.join(root, s) for s in sweep_names]
+    rows, absent, coverage_lines = [], [], []
+    for sweep, d in zip(sweep_names, sweep_dirs, strict=True):
+        mine = [r | {"sweep": sweep} for r in aggregate.collect(d)]
+        gaps, lines = completeness.check(sweep, d, mine)
+        rows, absent, coverage_lines = rows + mine, absent + gaps, coverage_lines + lines
+    table = cells(rows)
     if not table:
         raise FileNotFoundError(f"no finished runs under {', '.join(sweep_dirs)}")
+    short = {completeness.cell_key(c): len(c["seeds"]) for c in absent}
+    for c in table:
+        planned = all(s in sweeps.SWEEPS for s in c["sweep"].split())
+        c["n_planned"] = c["n"] + short.get(completeness.cell_key(c), 0) if planned else None
+        commits = [
+            x for s in c["sweep"].split() for x in completeness.commits(os.path.join(root, s))
+        ]
+        c["commits"] = " ".join(dict.fromkeys(commits))
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, f"{name}.csv"), table)
     plot(os.path.join(out, f"{name}.png"), table)
@@ -479,7 +548,7 @@ def equal_cost(sweeps: list[str], root: str, out: str, name: str) -> list[Row]:
         with open(notes_file) as f:
             notes = f.read()
     with open(os.path.join(out, f"{name}.md"), "w") as f:
-        f.write(report(name, sweep_dirs, table, notes))
+        f.write(report(name, sweep_dirs, table, notes, (absent, coverage_lines)))
     return table
 
 

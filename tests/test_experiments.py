@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import aggregate, equal_cost, run_sweep, sweeps
+from experiments import aggregate, completeness, equal_cost, run_sweep, sweeps
 from progprune.train import validate
 
 
@@ -283,8 +283,47 @@ def test_equal_cost_report_on_a_fake_sweep(tmp_path):
     assert (out / "fake_cost.png").stat().st_size > 0
 
 
+def test_equal_cost_report_names_every_missing_result(tmp_path, monkeypatch):
+    """A sweep stopped early: its plan (`sweeps.SWEEPS`) is compared with the finished runs;
+    nothing it planned is left out silently."""
+    fake_equal_cost_sweep(tmp_path / "fake")
+    one = {"model": "m", "pruning.sparsity": 0.9}
+    plan = [
+        {**one, "pruning.method": method, "num_epochs": epochs, "seed": seed, "tag": f"e{epochs:g}"}
+        for method, epochs, seeds in (("progressive", 10.0, (0, 1, 2)), ("gmp", 20.0, (0, 1)))
+        for seed in seeds
+    ]  # progressive at 10 epochs lacks seed 2; GMP at 20 epochs was never run
+    chain = {"pruning.imp_sparsities": (0.5, 0.9, 0.95), "num_epochs": 10.0, "tag": "e10"}
+    plan += [{**one, "pruning.method": "imp", "seed": s, **chain} for s in (0, 1)]
+    (tmp_path / "fake" / sweeps.run_name(plan[2])).mkdir()  # started, then stopped
+    monkeypatch.setitem(sweeps.SWEEPS, "fake", plan)
+    out = tmp_path / "results"
+    table = equal_cost.equal_cost(["fake"], str(tmp_path), str(out), "fake_cost")
+
+    md = (out / "fake_cost.md").read_text()
+    assert "**Partial: 5 planned result(s) missing**" in md
+    assert "`fake`: 6 of 11 planned results finished:" in md
+    assert "| m | progressive | 0.9 | 10 | 2 (started, not finished) of 3 |" in md
+    assert "| m | gmp | 0.9 | 20 | 0 (not started), 1 (not started) of 2 |" in md
+    chain = "0 (started, not finished), 1 (started, not finished) of 2"
+    assert f"| m | imp | 0.95 | 10 | {chain} |" in md  # the chains stopped after 0.9
+    assert "Finished but not in the sweep's plan: dense 0 at 10 epochs (m); " in md
+    # Short cells say so; a planned cell without runs reads "missing", one never planned "–".
+    assert "| 0.9 | progressive | 88.20 ± 0.28 [2 of 3 seeds] | 89.90 ± 0.28 | 90.60" in md
+    assert "| 0.9 | gmp | 89.10 ± 0.14 | missing | – |" in md
+    assert "| 10 epochs/round | 90.00 ± 0.14 (20 ep) | 90.00 ± 0.28 (30 ep) | missing |" in md
+    by = {(c["method"], c["sparsity"], c["epochs"]): c for c in table}
+    assert by[("progressive", 0.9, 10.0)]["n_planned"] == 3
+    assert by[("dense", 0.0, 10.0)]["n_planned"] == 2  # finished, but planned nowhere: n
+    with open(out / "fake_cost.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["sweep"], r["commits"]) for r in rows} == {("fake", "")}
+
+
 @pytest.mark.parametrize(
-    "module", [aggregate, equal_cost, sweeps], ids=lambda m: m.__name__.rsplit(".", 1)[-1]
+    "module",
+    [aggregate, completeness, equal_cost, sweeps],
+    ids=lambda m: m.__name__.rsplit(".", 1)[-1],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
