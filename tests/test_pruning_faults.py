@@ -78,6 +78,15 @@ def test_an_optimizer_factory_is_refused_with_the_call_to_make():
         progprune.masked(optax.sgd, progprune.constant_schedule(0.5))
 
 
+def test_an_object_that_is_only_half_a_transformation_is_refused():
+    class InitOnly:
+        def init(self, params):
+            return ()
+
+    with pytest.raises(ValueError, match="optax transformation"):
+        progprune.masked(InitOnly(), None)
+
+
 def test_a_ramp_that_passes_one_after_the_run_is_accepted():
     # Only step 0 is tried: a later step may lie beyond the run the schedule was written for.
     progprune.masked(optax.sgd(0.1), lambda step: 0.001 * step)
@@ -107,6 +116,15 @@ def test_masked_never_prunes_a_bad_value_and_records_it(value):
     np.testing.assert_equal(float(faults.bad_sparsity), np.float32(value))
     with pytest.raises(ValueError, match=r"schedule\(1\) returned"):
         progprune.check_pruning(state)
+
+
+def test_a_fixed_mask_run_records_no_fault():
+    tx = progprune.masked(optax.sgd(0.1, momentum=0.9), None)
+    _, state, counts = run(tx, 3)
+    assert counts == [0, 0, 0]
+    progprune.check_pruning(state)
+    assert int(state.faults.bad_sparsity_step) == -1
+    assert int(state.faults.unzeroed_step) == -1
 
 
 def test_a_healthy_run_records_no_fault():
