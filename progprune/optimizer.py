@@ -29,35 +29,23 @@ __all__ = [
 
 
 class PruningFaults(NamedTuple):
-    """What :func:`masked` found wrong, recorded under ``jit`` for :func:`check_pruning`.
+    """What :func:`masked` found wrong under ``jit``, recorded for :func:`check_pruning`.
 
-    Only the first fault of each kind is kept; a healthy state keeps the initial values.
+    Only the first fault is kept; a healthy state keeps the initial values.
 
     Attributes:
       bad_sparsity_step: the first step (update count) at which the schedule returned a value
         outside [0, 1) (NaN included), or -1. Masks are not updated at such a step.
       bad_sparsity: that value (float32).
-      unzeroed_step: the first update whose params held pruned weights other than 0.0, or -1.
-      unzeroed: how many pruned weights were not 0.0 then (int32).
-      nonfinite: how many of those were NaN or inf (int32).
     """
 
     bad_sparsity_step: jax.Array
     bad_sparsity: jax.Array
-    unzeroed_step: jax.Array
-    unzeroed: jax.Array
-    nonfinite: jax.Array
 
 
 def _no_faults() -> PruningFaults:
-    # A fresh array per field: a training step that donates its state cannot donate one twice.
-    def none():
-        return jnp.full([], -1, jnp.int32)
-
-    def zero():
-        return jnp.zeros([], jnp.int32)
-
-    return PruningFaults(none(), jnp.zeros([], jnp.float32), none(), zero(), zero())
+    # Fresh arrays: a training step that donates its state cannot donate one buffer twice.
+    return PruningFaults(jnp.full([], -1, jnp.int32), jnp.zeros([], jnp.float32))
 
 
 class MaskedPruningState(NamedTuple):
@@ -68,8 +56,9 @@ class MaskedPruningState(NamedTuple):
       sparsity: the scheduled sparsity the current masks were computed for (float32).
       masks: pytree of bool arrays shaped like the params; False = pruned.
       inner_state: state of the wrapped optimizer.
-      check_step: the update at which the params must arrive with every pruned weight at 0.0
-        (the one after an update that applied new masks), or -1 (int32).
+      zeroed_from: the update count from which every pruned weight of the params is 0.0 (an
+        update zeroes them; masks set with :func:`set_masks` take effect at the next one);
+        :func:`check_pruning` checks params against it (int32).
       faults: what went wrong so far (see :class:`PruningFaults` and :func:`check_pruning`).
     """
 
@@ -77,7 +66,7 @@ class MaskedPruningState(NamedTuple):
     sparsity: jax.Array
     masks: PyTree
     inner_state: optax.OptState
-    check_step: jax.Array
+    zeroed_from: jax.Array
     faults: PruningFaults
 
 
@@ -106,26 +95,6 @@ def _check_inner(inner: Any) -> None:
         )
     raise ValueError(
         f"inner must be an optax transformation such as optax.sgd(0.1), got {inner!r}."
-    )
-
-
-def _unzeroed(params: PyTree, masks: PyTree) -> tuple[jax.Array, jax.Array]:
-    """How many pruned entries of ``params`` are not 0.0, and how many of them are NaN or inf."""
-    pairs = list(zip(jax.tree.leaves(params), jax.tree.leaves(masks), strict=True))
-    unzeroed = sum(count_true(~m & (p != 0)) for p, m in pairs)
-    nonfinite = sum(count_true(~m & ~jnp.isfinite(p)) for p, m in pairs)
-    return jnp.int32(unzeroed), jnp.int32(nonfinite)
-
-
-def _record_unzeroed(state: MaskedPruningState, params: PyTree) -> PruningFaults:
-    """``state.faults`` with the pruned weights of ``params`` that are not 0.0, if first."""
-    unzeroed, nonfinite = _unzeroed(params, state.masks)
-    faults = state.faults
-    first = (unzeroed > 0) & (faults.unzeroed_step < 0)
-    return faults._replace(
-        unzeroed_step=jnp.where(first, state.count, faults.unzeroed_step),
-        unzeroed=jnp.where(first, unzeroed, faults.unzeroed),
-        nonfinite=jnp.where(first, nonfinite, faults.nonfinite),
     )
 
 
@@ -160,11 +129,10 @@ def masked(
     That holds only if ``masked`` is the last transformation: ``optax.chain(masked(sgd, s),
     optax.scale(0.5))`` halves the ``-w`` and leaves pruned weights at half their value; put
     the others inside, ``masked(optax.chain(sgd, optax.scale(0.5)), s)``. A pruned weight that
-    is NaN or inf stays so, since ``apply_updates`` adds the update (NaN + u is NaN). Both are
-    detected at the update after masks change (all pruned weights must then be 0.0) and
-    recorded in the state's ``faults``, as is a schedule value outside [0, 1) (the masks are
-    then left as they are); :func:`check_pruning` raises on any of them. Faults are recorded,
-    not raised, because nothing can be raised inside ``jit``.
+    is NaN or inf stays so, since ``apply_updates`` adds the update (NaN + u is NaN).
+    :func:`check_pruning` with the params detects both. A schedule value outside [0, 1) leaves
+    the masks as they are and is recorded in the state's ``faults`` (nothing can be raised
+    inside ``jit``); :func:`check_pruning` raises on it.
 
     This is not ``optax.masked``: that one applies ``inner`` to the leaves a static mask selects
     and passes the other leaves' updates through untouched. Here masks are element-wise, change
@@ -193,7 +161,7 @@ def masked(
       ...     params = optax.apply_updates(params, updates)
       >>> get_masks(state)["w"].tolist()
       [[False, False], [True, True]]
-      >>> check_pruning(state)  # raises if a fault was recorded
+      >>> check_pruning(state, params)  # raises if pruning went wrong
     """
     _check_inner(inner)
     if int(update_every) != update_every or update_every < 1:
@@ -211,7 +179,7 @@ def masked(
             sparsity=jnp.zeros([], jnp.float32),
             masks=all_true_masks(params),
             inner_state=inner.init(params),
-            check_step=jnp.full([], -1, jnp.int32),
+            zeroed_from=jnp.zeros([], jnp.int32),
             faults=_no_faults(),
         )
 
@@ -225,34 +193,19 @@ def masked(
         return target, valid, due
 
     def refresh(params, state, target, due):
-        """Masks and faults for this update, and a 0.0 for the updates to add.
+        if schedule is None:
+            return state.masks
 
-        The steps that read every weight, the one after masks changed (checked) and those where
-        masks are due (recomputed), run in one ``lax.cond`` that the other steps skip. The 0.0
-        it returns orders the updates after it: it has read the params, which a step that
-        donates them then overwrites in place; without that order XLA copies every param first,
-        which costs more than the rest of the wrapper.
-        """
-        check_now = state.count == state.check_step
+        def recompute():
+            # Scores are built inside the branch so steps without an update never pay for them.
+            # Nothing else sits in this branch: XLA's CPU runtime pays at every step for what an
+            # untaken branch holds (a pruned-weight count here cost ~4 ms a step on a
+            # ResNet-18-sized tree), which is why check_pruning counts on the host instead.
+            flags = jax.tree.leaves(prunable_mask(params, prunable))
+            scores = jax.tree.map(jnp.abs, params)
+            return _prune(scores, target, state.masks, distribution, flags)
 
-        def read_weights():
-            checked = _record_unzeroed(state, params)
-            faults = jax.tree.map(lambda a, b: jnp.where(check_now, a, b), checked, state.faults)
-            masks = state.masks
-            if schedule is not None:
-                # Sparsity 0 where not due keeps the masks as they are (the pruned entries stay
-                # selected); a nested lax.cond instead makes XLA copy the masks at every step.
-                flags = jax.tree.leaves(prunable_mask(params, prunable))
-                scores = jax.tree.map(jnp.abs, params)
-                masks = _prune(scores, jnp.where(due, target, 0.0), masks, distribution, flags)
-            return masks, faults, jnp.zeros([], jnp.float32)
-
-        # The zeros are made inside the branches: a value passed through would not order them.
-        return lax.cond(
-            due | check_now,
-            read_weights,
-            lambda: (state.masks, state.faults, jnp.zeros([], jnp.float32)),
-        )
+        return lax.cond(due, recompute, lambda: state.masks)
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
@@ -261,26 +214,20 @@ def masked(
                 "params)."
             )
         target, valid, due = scheduled(state)
-        masks, faults, zero = refresh(params, state, target, due)
-        faults = _record_bad_sparsity(faults, state.count, target, valid)
+        masks = refresh(params, state, target, due)
+        faults = _record_bad_sparsity(state.faults, state.count, target, valid)
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
         inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         # -w for pruned entries: apply_updates then leaves them exactly 0, whatever inner did.
         new_updates = jax.tree.map(
-            lambda u, p, m: (jnp.where(m, u, -p) + zero).astype(u.dtype),
-            inner_updates,
-            params,
-            masks,
+            lambda u, p, m: jnp.where(m, u, -p).astype(u.dtype), inner_updates, params, masks
         )
-        count = optax.safe_int32_increment(state.count)
-        checked = state.count == state.check_step
         new_state = MaskedPruningState(
-            count=count,
+            count=optax.safe_int32_increment(state.count),
             sparsity=jnp.where(due, target, state.sparsity),
             masks=masks,
             inner_state=inner_state,
-            # The update after one that applied new masks checks that they zeroed the weights.
-            check_step=jnp.where(due, count, jnp.where(checked, -1, state.check_step)),
+            zeroed_from=state.zeroed_from,
             faults=faults,
         )
         return new_updates, new_state
@@ -415,48 +362,75 @@ def set_masks(
     new = current._replace(
         masks=new_masks,
         inner_state=inner_state,
-        # The next update zeroes the newly pruned weights; the one after checks they are 0.0.
-        check_step=optax.safe_int32_increment(current.count),
+        # The next update zeroes the newly pruned weights; params are checked from then on.
+        zeroed_from=optax.safe_int32_increment(current.count),
     )
     return jax.tree.map(lambda x: new if _is_state(x) else x, opt_state, is_leaf=_is_state)
 
 
-def _fault_messages(faults: PruningFaults) -> list[str]:
-    f = jax.tree.map(np.asarray, jax.device_get(faults))
+def _unzeroed(params: PyTree, masks: PyTree) -> tuple[int, int]:
+    """How many pruned entries of ``params`` are not 0.0, and how many of those are NaN or inf.
+
+    Counted on the host (numpy), so that no training step pays for it.
+    """
+    p_leaves, m_leaves = jax.tree.leaves(params), jax.tree.leaves(masks)
+    if len(p_leaves) != len(m_leaves):
+        raise ValueError(
+            f"params have {len(p_leaves)} leaves but the masks {len(m_leaves)}: pass the params "
+            "the optimizer updates."
+        )
+    unzeroed = nonfinite = 0
+    for p, m in zip(p_leaves, m_leaves, strict=True):
+        p, m = np.asarray(jax.device_get(p)), np.asarray(jax.device_get(m))
+        if p.shape != m.shape:
+            raise ValueError(f"a param of shape {p.shape} has a mask of shape {m.shape}.")
+        pruned = p[~m]
+        unzeroed += int(np.count_nonzero(pruned != 0))
+        nonfinite += int(np.count_nonzero(~np.isfinite(pruned)))
+    return unzeroed, nonfinite
+
+
+def _fault_messages(state: MaskedPruningState, params: PyTree | None) -> list[str]:
+    f = jax.tree.map(np.asarray, jax.device_get(state.faults))
     messages = []
     if f.bad_sparsity_step >= 0:
         messages.append(bad_sparsity_message(float(f.bad_sparsity), int(f.bad_sparsity_step)))
-    if f.unzeroed_step >= 0:
-        n, nonfinite = int(f.unzeroed), int(f.nonfinite)
-        at = f"at update {int(f.unzeroed_step)}"
-        if nonfinite:
-            messages.append(
-                f"{at}, {nonfinite} pruned weights were NaN or inf, which no update brings back "
-                "to 0.0 (apply_updates adds the update, and NaN + u and inf - inf are NaN): they "
-                "were non-finite when pruned; find where the NaN or inf came from."
-            )
-        if n > nonfinite:
-            messages.append(
-                f"{at}, {n - nonfinite} pruned weights were not 0.0: masked must be the last "
-                "transformation, since its update for a pruned weight is -w, and one after it "
-                "(e.g. optax.chain(masked(sgd, s), optax.scale(0.5))) changes that. Put the "
-                "others inside: masked(optax.chain(sgd, optax.scale(0.5)), s). Params changed "
-                "outside the optimizer between updates do the same."
-            )
+    count, zeroed_from = int(np.asarray(state.count)), int(np.asarray(state.zeroed_from))
+    if params is None or count < zeroed_from:
+        return messages  # masks set since the last update: weights are zeroed at the next one
+    n, nonfinite = _unzeroed(params, state.masks)
+    at = f"after update {count}"
+    if nonfinite:
+        messages.append(
+            f"{at}, {nonfinite} pruned weights are NaN or inf, which no update brings back to "
+            "0.0 (apply_updates adds the update, and NaN + u and inf - inf are NaN): they were "
+            "non-finite when pruned; find where the NaN or inf came from."
+        )
+    if n > nonfinite:
+        messages.append(
+            f"{at}, {n - nonfinite} pruned weights are not 0.0: masked must be the last "
+            "transformation, since its update for a pruned weight is -w, and one after it "
+            "(e.g. optax.chain(masked(sgd, s), optax.scale(0.5))) changes that. Put the "
+            "others inside: masked(optax.chain(sgd, optax.scale(0.5)), s). Params changed "
+            "outside the optimizer after an update do the same."
+        )
     return messages
 
 
-def check_pruning(opt_state: PyTree) -> None:
-    """Raises if :func:`masked` recorded a fault in ``opt_state`` (a cheap read of a few scalars).
+def check_pruning(opt_state: PyTree, params: PyTree | None = None) -> None:
+    """Raises if pruning went wrong: a fault recorded by :func:`masked`, or pruned weights not 0.0.
 
     ``masked`` cannot raise inside ``jit``, so it records in its state (see
-    :class:`PruningFaults`) the first schedule value outside [0, 1) (at which it left the masks
-    unchanged) and the first update that received pruned weights other than 0.0 (``masked`` not
-    last in a chain, params changed outside the optimizer, or NaN/inf weights). Call this where
-    the training loop reads its metrics.
+    :class:`PruningFaults`) the first schedule value outside [0, 1), at which it left the masks
+    unchanged; reading it costs a few scalars. With ``params`` (those the optimizer updated), it
+    also checks on the host that every pruned weight is exactly 0.0, as each update leaves them;
+    one that is not means ``masked`` is not the last transformation of a chain, the params were
+    changed outside the optimizer, or the weight is NaN/inf. That check reads every weight, so
+    call it where the loop already fetches the params (e.g. at checkpoints), not every step.
 
     Args:
       opt_state: an optimizer state built with :func:`masked`, possibly nested.
+      params: optional; the params after the last update.
 
     Raises:
       ValueError: naming each fault, its step and the fix.
@@ -464,8 +438,9 @@ def check_pruning(opt_state: PyTree) -> None:
     Example:
       >>> import optax
       >>> tx = masked(optax.sgd(0.1), None)
-      >>> check_pruning(tx.init({"w": jnp.ones(2)}))  # a healthy state: no error
+      >>> params = {"w": jnp.ones(2)}
+      >>> check_pruning(tx.init(params), params)  # a healthy state: no error
     """
-    messages = _fault_messages(_find_states(opt_state)[0].faults)
+    messages = _fault_messages(_find_states(opt_state)[0], params)
     if messages:
         raise ValueError("progprune.masked: " + " Also: ".join(messages))

@@ -280,7 +280,8 @@ class Run:
     def _check_pruning(self, state) -> None:
         """Raises if the masked optimizer recorded a fault (see ``progprune.check_pruning``)."""
         is_state = lambda x: isinstance(x, progprune.MaskedPruningState)  # noqa: E731
-        # Only the fault scalars travel to the host, not the masks or the optimizer's moments.
+        # Only the fault scalars travel to the host, not the masks or the optimizer's moments
+        # (without params, check_pruning reads nothing else).
         light = [
             x._replace(masks=None, inner_state=None)
             for x in jax.tree.leaves(state.opt_state, is_leaf=is_state)
@@ -301,6 +302,8 @@ class Run:
             "last_sparsity": self.last_sparsity,
             "wall_clock_s": self.elapsed + time.time() - self.t0,
         }
+        # The host copy is here anyway: check that every pruned weight is 0.0 before saving.
+        progprune.check_pruning(host.opt_state, host.params)
         self.ckpt.save(host, meta)
 
     def _summary(self, state) -> dict[str, Any]:
