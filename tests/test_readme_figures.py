@@ -311,3 +311,47 @@ def test_grasp_temperature_figures_match_their_json():
         assert f"({pairs} %: {gains} pp)" in text, name
         assert f"random's mean over 3 seeds ({means})" in text, name
         assert f"no better at 99% {at99}" in text, name
+
+
+# -- equal cost ------------------------------------------------------------------------------
+
+EQUAL_COST_COLUMNS = ("imp", "progressive", "gmp", "progressive-end0.5-every20")
+CELL = re.compile(r"([\d.]+) ± ([\d.]+) \((\d+)\)")
+
+
+def _equal_cost_cells() -> dict[tuple, list[dict[str, str]]]:
+    cells: dict[tuple, list[dict[str, str]]] = {}
+    with open(RESULTS / "fmnist_equal_cost.csv") as f:
+        for r in csv.DictReader(f):
+            key = (r["model"], r["method"], float(r["sparsity"]), float(r["epochs"]))
+            cells.setdefault(key, []).append(r)
+    return cells
+
+
+def _printed(row: dict[str, str]) -> tuple[str, str]:
+    return f"{float(row['accuracy_mean']):.2f}", f"{float(row['accuracy_std']):.2f}"
+
+
+def test_equal_cost_table_matches_its_csv():
+    text = section("Equal cost: one training cycle given IMP's budget")
+    header = "| model | sparsity | IMP | progressive | GMP | progressive-end0.5-every20 |"
+    assert header in text  # the columns below are read in this order
+    cells = _equal_cost_cells()
+    rows = table(text, "model")
+    assert {r[0] for r in rows} == {"LeNet-300-100", "LeNet-5"}
+    checked = 0
+    for row in rows:
+        model, sparsity = EXPORT_MODELS[row[0]], float(row[1])
+        for method, cell in zip(EQUAL_COST_COLUMNS, row[2:6], strict=True):
+            found = CELL.findall(cell)
+            assert found, f"{row[0]} {sparsity} {method}: no 'mean ± std (epochs)' in {cell!r}"
+            for mean, std, epochs in found:
+                candidates = cells.get((model, method, sparsity, float(epochs)), [])
+                assert (mean, std) in [_printed(c) for c in candidates], (row[0], method, cell)
+                checked += 1
+        match = re.fullmatch(r"(\S+), (\d+) ep \(.*\): ([\d.]+) ± ([\d.]+)", row[6])
+        assert match, row[6]
+        method, epochs, mean, std = match.groups()
+        candidates = cells.get((model, method, sparsity, float(epochs)), [])
+        assert (mean, std) in [_printed(c) for c in candidates], row[6]
+    assert checked >= len(rows) * len(EQUAL_COST_COLUMNS)
