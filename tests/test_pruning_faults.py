@@ -278,3 +278,10 @@ def test_random_masks_prune_exactly_what_prune_to_sparsity_prunes(distribution, 
 def test_random_masks_refuse_the_global_distribution():
     with pytest.raises(ValueError, match="per-layer distribution"):
         random_masks(jax.random.key(0), params0(), 0.5, distribution="global")
+
+
+def test_a_state_with_two_masked_optimizers_is_ambiguous():
+    params = params0()
+    tx = optax.chain(progprune.masked(optax.sgd(0.1), None), progprune.masked(optax.sgd(0.1), None))
+    with pytest.raises(ValueError, match="several MaskedPruningStates"):
+        progprune.get_masks(tx.init(params))

@@ -128,6 +128,7 @@ SUITES = {
     ],
     "progprune/train/checkpoint.py": [
         "tests/test_checkpoint.py",
+        "tests/test_workdir.py",
         "tests/test_train.py::test_nan_stops_with_message_and_keeps_last_good_checkpoint",
     ],
 }
