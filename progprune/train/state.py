@@ -55,7 +55,10 @@ def to_host(tree: PyTree) -> PyTree:
     for x in jax.tree.leaves(tree):  # start every copy before waiting on any
         if isinstance(x, jax.Array):
             x.copy_to_host_async()
-    return jax.tree.map(np.asarray, tree)
+    # A copy, not np.asarray: on CPU that is a view of the device buffer, which the next step
+    # overwrites in place once the state is donated to it, while an async checkpoint still
+    # writes the view (its checksum, taken at save time, then no longer matches).
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
 def all_finite(tree: PyTree) -> bool:
