@@ -425,6 +425,14 @@ def select_smallest(
     if all(x.size == 0 for x in keys):
         return [jnp.zeros(x.shape, bool) for x in keys]
     k = jnp.maximum(k.astype(jnp.int32), 0)
+    # A segment asked for all of its keys (a sparsity just below 1 rounds to every weight) has no
+    # threshold with more than k keys above it, which the search needs: it searches for none
+    # there, and every key of it is selected below.
+    sizes = np.zeros(seg.count, np.int64)
+    for i, x in enumerate(keys):
+        sizes[int(seg.of_leaf[i])] += int(x.size)
+    full = k >= jnp.asarray(sizes, jnp.int32)
+    k = jnp.where(full, 0, k)
 
     def key_of(i):
         return keys[i]
@@ -441,6 +449,7 @@ def select_smallest(
     for i, key in enumerate(keys):
         position = jnp.uint32(offset) + lax.iota(jnp.uint32, key.size).reshape(key.shape)
         t = seg.leaf(found.low, i)
-        out.append((key < t) | ((key == t) & (position < seg.leaf(left_out, i))))
+        chosen = (key < t) | ((key == t) & (position < seg.leaf(left_out, i)))
+        out.append(chosen | seg.leaf(full, i))
         offset += int(key.size)
     return out

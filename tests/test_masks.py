@@ -700,3 +700,20 @@ def test_misleading_sample_makes_the_bracket_fail():
         return sum(int(jnp.sum(_row_counts(x < bound[0]))) for x in keys)
 
     assert not (below(low) < int(k[0]) <= below(high))
+
+
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+@pytest.mark.parametrize("old_seed", [None, 3])
+def test_a_sparsity_that_rounds_to_every_weight_prunes_every_weight(distribution, old_seed):
+    # The largest float32 below 1 times N rounds to N here: no threshold has a key above it.
+    # Found by hypothesis on the bracket-sized layout (the sampled-bracket path).
+    sparsity = float(np.nextafter(np.float32(1), np.float32(0)))
+    rng = np.random.default_rng(0)
+    tree = {
+        name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+        for name, (shape, _) in BRACKET_LAYOUT.items()
+    }
+    old = _old_masks(tree, old_seed, 0.9)
+    _check_against_reference(tree, old, sparsity, distribution, via_updater=False)
+    masks = progprune.prune_to_sparsity(jax.tree.map(jnp.abs, tree), sparsity, masks=old)
+    assert not any(bool(jnp.any(m)) for m in jax.tree.leaves(masks) if m.ndim >= 2)
