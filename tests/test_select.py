@@ -184,3 +184,15 @@ def test_select_smallest_rejects_segments_that_are_not_runs():
         select_smallest(keys, jnp.asarray([1, 1], jnp.int32), [0, 1, 0])
     with pytest.raises(ValueError, match="segments must be consecutive runs"):
         select_smallest(keys, jnp.asarray([1, 1, 1], jnp.int32), [0, 2, 2])
+
+
+@pytest.mark.parametrize("n", [2**31 - 1, 1_999_999_999, 123_456_789, 11_173_962])
+def test_round_fraction_is_exact_in_every_binade(n):
+    # Uniform draws rarely reach small binades, where the shift crosses the 32-bit word boundary
+    # of the 64-bit product (a fraction in [2**-9, 2**-8) shifts by exactly 32): 8 fractions
+    # from each binade [2**-e, 2**-(e-1)), for e = 1..60.
+    rng = np.random.default_rng(n)
+    for e in range(1, 61):
+        fractions = (2.0**-e * (1 + rng.random(8))).astype(F32)
+        expected = [exact_round(f, n) for f in fractions]
+        np.testing.assert_array_equal(_round_many(fractions, n), expected, err_msg=f"2**-{e}")
