@@ -195,3 +195,57 @@ def test_config_diff_names_nested_keys_and_skips_non_semantic_ones():
     assert config_diff(a, b) == ["pruning.sparsity", "x", "y"]
     assert config_diff(a, a) == []
     assert config_diff({"p": {"q": 1}}, {"p": 3}) == ["p"]
+
+
+def test_latest_meta_names_the_fix_when_no_checkpoint_records_its_config(ckpt):
+    ckpt.save(_state(2), {})
+    with pytest.raises(ValueError, match="no checkpoint .* records its config"):
+        ckpt.latest_meta()
+
+
+def test_a_full_disk_fails_the_save_at_once(ckpt, monkeypatch):
+    # The probe write, not the (async) checkpoint write, reports a disk that refuses 512 bytes.
+    import errno
+    import tempfile
+
+    from progprune.train import StorageError
+
+    real = tempfile.NamedTemporaryFile
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self.file = real(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            self.file.flush()
+
+        def fileno(self):
+            return self.file.fileno()
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", FullDisk)
+    with pytest.raises(StorageError, match="No space left on device"):
+        ckpt.save(_state(2), {})
+    assert ckpt.steps() == []
+
+
+def test_the_os_reason_is_found_through_a_chain_of_errors():
+    from progprune.train.checkpoint import _os_reason
+
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise ValueError("write failed") from None  # only __context__ links them
+    except ValueError as e:
+        error = e
+    error.__suppress_context__ = False
+    assert _os_reason(error) == "[Errno 28] No space left on device"
