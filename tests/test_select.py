@@ -196,3 +196,10 @@ def test_round_fraction_is_exact_in_every_binade(n):
         fractions = (2.0**-e * (1 + rng.random(8))).astype(F32)
         expected = [exact_round(f, n) for f in fractions]
         np.testing.assert_array_equal(_round_many(fractions, n), expected, err_msg=f"2**-{e}")
+
+
+def test_round_fraction_sees_a_sticky_bit_in_the_products_high_word():
+    # 2**-17 * 328,192 = 2.50390625: just above a half, and the one bit that says so is bit 32
+    # of the 64-bit product (2**23 * 328,192 = 641 * 2**32, shifted right by 40).
+    assert exact_round(2.0**-17, 328_192) == 3
+    np.testing.assert_array_equal(_round_many([2.0**-17], 328_192), [3])
