@@ -157,7 +157,7 @@ def evaluate_export(
 
     Example:
       >>> evaluate_export("/tmp/quickstart.ppx")["eval_accuracy"]  # doctest: +SKIP
-      0.8966
+      0.8981
     """
     export = load_export(path)
     if "config" not in export.metadata:
