@@ -171,6 +171,19 @@ def test_async_save_is_committed_after_wait(tmp_path):
     again.close()
 
 
+def test_meta_changed_after_an_async_save_is_written_as_it_was_saved(tmp_path):
+    # The trainer passes its live metric window; it grows while the write is still pending.
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    window = [{"step": 1, "loss": 0.5}]
+    ckpt.save(_state(5, 5.0), {"window": window})
+    window += [{"step": 2, "loss": 0.25}] * 1000
+    ckpt.wait()
+    state, meta = ckpt.restore_latest(_state(0))  # a checksum mismatch would set it aside
+    assert int(state.step) == 5
+    assert meta["window"] == [{"step": 1, "loss": 0.5}]
+    ckpt.close()
+
+
 # ------------------------------------------------------------------- config identity
 
 

@@ -135,7 +135,10 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return  # Already saved (e.g. the final step after a resume).
         self._probe_writable()
-        meta = dict(meta, step=step, time=time.time())
+        # A snapshot: an async write serializes `meta` later, and the caller's live objects (the
+        # trainer's metric window) may have grown by then, so the written meta would no longer
+        # match the checksum taken now.
+        meta = json.loads(json.dumps(dict(meta, step=step, time=time.time()), default=str))
         meta.update(checksum=meta_checksum(state, meta), checksum_version=2)
         previous, self.last_save = self.last_save, step
         try:
