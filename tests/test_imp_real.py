@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -19,6 +15,8 @@ import pytest
 from progprune.drivers import run
 from progprune.methods import imp
 from progprune.train import load_final_params
+
+from runs import checkpoint_steps, rerun, start_then_signal, train_command
 
 REPO = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -65,20 +63,16 @@ def test_imp_chain_on_lenet5_and_real_fashion_mnist(tmp_path):
 
 
 def _bn_chain_args(workdir: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "progprune.train",
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        "--config.model=tiny_cnn",  # BatchNorm: its statistics are part of every round's state
-        "--config.num_train_steps=24",
-        "--config.checkpoint_every_steps=4",
-        "--config.pruning.method=imp",
-        "--config.pruning.imp_sparsities=(0.5,0.8)",
-        "--config.pruning.imp_rate=1.0",
-        "--config.pruning.rewind_step=3",
-    ]
+    overrides = {
+        "model": "tiny_cnn",  # BatchNorm: its statistics are part of every round's state
+        "num_train_steps": 24,
+        "checkpoint_every_steps": 4,
+        "pruning.method": "imp",
+        "pruning.imp_sparsities": "(0.5,0.8)",
+        "pruning.imp_rate": 1.0,
+        "pruning.rewind_step": 3,
+    }
+    return train_command(workdir, overrides)
 
 
 def _env() -> dict:
@@ -87,29 +81,13 @@ def _env() -> dict:
 
 def test_imp_chain_with_batchnorm_killed_mid_round_resumes_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(
-        _bn_chain_args(whole), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    rerun(_bn_chain_args(whole), env=_env())
     _check_chain(whole, [0.5, 0.8])
-    proc = subprocess.Popen(
-        _bn_chain_args(killed),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     # Kill once round 1 has a checkpoint: round 0 is finished, round 1 half-way.
-    deadline = time.time() + 300
-    while not list((killed / "round_1" / "checkpoints").glob("[0-9]*")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    round_1 = killed / "round_1" / "checkpoints"
+    start_then_signal(_bn_chain_args(killed), lambda: bool(checkpoint_steps(round_1)), env=_env())
     assert not (killed / "summary.json").exists(), "the chain finished before it was killed"
-    again = subprocess.run(
-        _bn_chain_args(killed), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
+    rerun(_bn_chain_args(killed), env=_env())
     for k in (0, 1, 2):
         a = load_final_params(str(whole / f"round_{k}"))
         b = load_final_params(str(killed / f"round_{k}"))

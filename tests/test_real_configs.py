@@ -16,11 +16,6 @@ Run with ``python -m pytest -m slow tests/test_real_configs.py``.
 from __future__ import annotations
 
 import importlib
-import json
-import signal
-import subprocess
-import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,6 +28,16 @@ import progprune
 from progprune.train import build, load_final_params, parallel, train_and_evaluate
 from progprune.train.checkpoint import Checkpointer
 from progprune.train.state import state_checksum, to_host
+
+from runs import (
+    assert_same_final_params,
+    checkpoint_steps,
+    configured,
+    metric_rows,
+    rerun,
+    start_then_signal,
+    train_command,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -187,11 +192,7 @@ BN_OVERRIDES = {
 def _bn_config():
     from configs import tiny
 
-    config = tiny.get_config()
-    for key, value in BN_OVERRIDES.items():
-        section, _, field = key.rpartition(".")
-        setattr(config[section] if section else config, field, value)
-    return config
+    return configured(tiny.get_config(), BN_OVERRIDES)
 
 
 def _last_checksum(workdir: Path) -> str:
@@ -210,43 +211,16 @@ def test_sigkill_resume_with_batchnorm_statistics_is_bit_identical(tmp_path):
     reference = tmp_path / "reference"
     train_and_evaluate(_bn_config(), str(reference))
     workdir = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "progprune.train",
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        *[f"--config.{k}={v}" for k, v in BN_OVERRIDES.items()],
-    ]
-    proc = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= 40:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    command = train_command(workdir, BN_OVERRIDES)
+    ckpts = workdir / "checkpoints"
+    start_then_signal(command, lambda: max(checkpoint_steps(ckpts), default=0) >= 40)
     assert not (workdir / "summary.json").exists()
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    rerun(command)
     assert _last_checksum(workdir) == _last_checksum(reference)
     state = Checkpointer(workdir).restore_latest(to_host(_initial(_bn_config())))[0]
     assert jax.tree.leaves(state.batch_stats)  # the state compared really holds BN statistics
-    params = [jax.tree.leaves(load_final_params(str(w))) for w in (reference, workdir)]
-    for a, b in zip(*params, strict=True):
-        np.testing.assert_array_equal(a, b)
-    rows = [
-        [
-            {k: v for k, v in json.loads(line).items() if k != "images_per_sec"}
-            for line in (w / "metrics.jsonl").read_text().splitlines()
-        ]
-        for w in (reference, workdir)
-    ]
-    assert rows[0] == rows[1]
+    assert_same_final_params(reference, workdir)
+    assert metric_rows(reference) == metric_rows(workdir)
 
 
 def _initial(config):

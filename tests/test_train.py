@@ -29,6 +29,8 @@ from progprune.train.checkpoint import Checkpointer
 from progprune.train.state import to_host
 from progprune.train.validate import validate
 
+from runs import configured
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -159,9 +161,7 @@ def test_rerun_of_finished_run_resumes_nothing(tiny_run):
     ],
 )
 def test_bad_values_fail_before_work(tmp_path, key, value, match):
-    config = tiny.get_config()
-    section, _, name = key.rpartition(".")
-    setattr(config[section] if section else config, name, value)
+    config = configured(tiny.get_config(), {key: value})
     with pytest.raises(ValueError, match=match):
         train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()

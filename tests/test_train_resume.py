@@ -6,21 +6,25 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from configs import tiny
-from progprune.train import build, load_final_params, train_and_evaluate
+from progprune.train import build, train_and_evaluate
 from progprune.train.checkpoint import Checkpointer
 from progprune.train.state import to_host
 
-REPO = Path(__file__).resolve().parent.parent
+from runs import (
+    assert_same_final_params,
+    checkpoint_steps,
+    configured,
+    metric_rows,
+    rerun,
+    start_then_signal,
+    train_command,
+)
+
 OVERRIDES = {  # long enough to be killed mid-run; odd periods so the kill lands anywhere
     "num_epochs": 8.0,
     "checkpoint_every_steps": 7,
@@ -30,35 +34,16 @@ OVERRIDES = {  # long enough to be killed mid-run; odd periods so the kill lands
 
 
 def _config():
-    config = tiny.get_config()
-    for key, value in OVERRIDES.items():
-        setattr(config, key, value)
-    return config
+    return configured(tiny.get_config(), OVERRIDES)
 
 
 def _command(workdir: Path) -> list[str]:
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "progprune.train",
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        *flags,
-    ]
-
-
-def _rows(workdir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    # Throughput is wall-clock, the one thing that may differ between two identical runs.
-    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+    return train_command(workdir, OVERRIDES)
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    pa, pb = load_final_params(str(a)), load_final_params(str(b))
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
-        np.testing.assert_array_equal(x, y)  # bit-identical
-    assert _rows(a) == _rows(b)
+    assert_same_final_params(a, b)
+    assert metric_rows(a) == metric_rows(b)
     sa, sb = (json.loads((w / "summary.json").read_text()) for w in (a, b))
     sa.pop("wall_clock_s"), sb.pop("wall_clock_s")
     assert sa == sb
@@ -74,24 +59,12 @@ def reference(tmp_path_factory) -> Path:
 
 def test_sigkill_then_rerun_is_bit_identical(reference, tmp_path):
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 240
-    ckpt_dir = workdir / "checkpoints"
-    while time.time() < deadline and proc.poll() is None:
-        steps = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= 50:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpts = workdir / "checkpoints"
+    start_then_signal(_command(workdir), lambda: max(checkpoint_steps(ckpts), default=0) >= 50)
     assert not (workdir / "summary.json").exists()
     killed_at = max(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open())
     assert killed_at < 176  # really interrupted (8 epochs x 22 steps)
-    out = subprocess.run(_command(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    rerun(_command(workdir))
     _assert_same_run(reference, workdir)
 
 
@@ -143,22 +116,16 @@ def _fresh_host_state(config):
 
 def test_sigterm_checkpoints_at_once_and_rerun_is_bit_identical(reference, tmp_path):
     workdir = tmp_path / "preempted"
-    proc = subprocess.Popen(
-        _command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ckpts = workdir / "checkpoints"
+    # SIGTERM is what a preempted VM or a scheduler sends.
+    proc = start_then_signal(
+        _command(workdir), lambda: bool(checkpoint_steps(ckpts)), signal.SIGTERM
     )
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)  # what a preempted VM or a scheduler sends
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert "preempted at step" in err
     stopped_at = int(err.split("preempted at step ")[1].split(";")[0])
-    assert max(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()) == (
-        stopped_at
-    )  # saved right where it stopped, not at the last periodic checkpoint
-    out = subprocess.run(_command(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    # Saved right where it stopped, not at the last periodic checkpoint.
+    assert checkpoint_steps(ckpts)[-1] == stopped_at
+    rerun(_command(workdir))
     _assert_same_run(reference, workdir)
