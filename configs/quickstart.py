@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 1e-4
     config.pruning.method = "progressive"
     config.pruning.sparsity = 0.9
-    config.pruning.begin_fraction = 0.0
-    config.pruning.end_fraction = 0.6
+    # The ramp's defaults: to 90% by half of training, masks every 20 steps.
     config.log_every_steps = 100
     return config
