@@ -229,6 +229,26 @@ def fmnist_equal_cost_lenet5(
     return runs
 
 
+def quickstart_ramps(seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[Run]:
+    """The quickstart (configs/quickstart.py) with the trainer's ramp and with its former one.
+
+    ``progressive``: the defaults (ramp ending at half of training, masks every 20 steps);
+    ``progressive-end0.6-every-half-epoch``: what the quickstart used before they changed.
+    """
+    base = {
+        "config": "configs/quickstart.py",
+        "model": "lenet300_100",
+        "pruning.method": "progressive",
+        "pruning.sparsity": 0.9,
+    }
+    former = {
+        "label": "progressive-end0.6-every-half-epoch",
+        "pruning.end_fraction": 0.6,
+        "pruning.update_every": 0,
+    }
+    return [{**base, **variant, "seed": seed} for seed in seeds for variant in ({}, former)]
+
+
 SWEEPS: dict[str, list[Run]] = {
     "fmnist_lenet": fmnist_lenet(),
     # What this repository ran on a 2-core CPU (experiments/results/fmnist_lenet300_cpu.md):
@@ -243,6 +263,7 @@ SWEEPS: dict[str, list[Run]] = {
     "cifar10": cifar10(),
     "fmnist_equal_cost_lenet300": fmnist_equal_cost_lenet300(),
     "fmnist_equal_cost_lenet5": fmnist_equal_cost_lenet5(),
+    "quickstart_ramps": quickstart_ramps(),
 }
 
 
