@@ -157,7 +157,7 @@ def evaluate_export(
 
     Example:
       >>> evaluate_export("/tmp/quickstart.ppx")["eval_accuracy"]  # doctest: +SKIP
-      0.8981
+      0.8957
     """
     export = load_export(path)
     if "config" not in export.metadata:
