@@ -128,6 +128,26 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
+def seed_stats(rs: list[Row]) -> Row:
+    """What a cell says about its runs (one a seed): accuracy in %, mean ± std, mean costs.
+
+    >>> rs = [{"seed": s, "accuracy": a, "measured_sparsity": 0.9, "epochs": 5.0,
+    ...        "wall_clock_s": 9.0} for s, a in ((1, 0.9), (0, 0.8))]
+    >>> {k: v for k, v in seed_stats(rs).items() if k in ("n", "seeds", "epochs")}
+    {'n': 2, 'epochs': 5.0, 'seeds': '0 1'}
+    """
+    acc_mean, acc_std = mean_std([100.0 * r["accuracy"] for r in rs])
+    return {
+        "n": len(rs),
+        "accuracy_mean": acc_mean,
+        "accuracy_std": acc_std,
+        "measured_sparsity": sum(r["measured_sparsity"] for r in rs) / len(rs),
+        "epochs": sum(r["epochs"] for r in rs) / len(rs),
+        "wall_clock_s": sum(r["wall_clock_s"] for r in rs) / len(rs),
+        "seeds": " ".join(str(s) for s in sorted(r["seed"] for r in rs)),
+    }
+
+
 def summarize(rows: list[Row]) -> list[Row]:
     """Groups rows by (model, method, sparsity); accuracy in %, std with ddof=1 over seeds.
 
@@ -142,21 +162,7 @@ def summarize(rows: list[Row]) -> list[Row]:
         groups[(r["model"], r["method"], float(r["sparsity"]))].append(r)
     out = []
     for (model, method, sparsity), rs in groups.items():
-        acc_mean, acc_std = mean_std([100.0 * r["accuracy"] for r in rs])
-        out.append(
-            {
-                "model": model,
-                "method": method,
-                "sparsity": sparsity,
-                "n": len(rs),
-                "accuracy_mean": acc_mean,
-                "accuracy_std": acc_std,
-                "measured_sparsity": sum(r["measured_sparsity"] for r in rs) / len(rs),
-                "epochs": sum(r["epochs"] for r in rs) / len(rs),
-                "wall_clock_s": sum(r["wall_clock_s"] for r in rs) / len(rs),
-                "seeds": " ".join(str(s) for s in sorted(r["seed"] for r in rs)),
-            }
-        )
+        out.append({"model": model, "method": method, "sparsity": sparsity, **seed_stats(rs)})
     dense = {g["model"]: g["accuracy_mean"] for g in out if g["method"] == "dense"}
     for g in out:
         g["dense_gap"] = g["accuracy_mean"] - dense.get(g["model"], float("nan"))
