@@ -15,7 +15,7 @@ One loop body is more than compact: XLA's CPU runtime pays, at every execution, 
 reduction compiled into a program, including those in the untaken branch of the optimizer's
 ``lax.cond``. Counting code inlined at five places made every training step without a mask update
 slower on a ResNet-18-sized tree (~0.3 ms, against under 0.1 ms compiled once: timed while writing
-e116bdf, not kept in a committed result; ``benchmarks/results/mask_update.json`` has that commit's
+e116bdf, not kept in a committed result; ``benchmarks/results/mask_update.json`` has today's
 step times).
 
 Segments let one pass serve several independent selections (one per layer for the ``uniform`` and

@@ -162,6 +162,25 @@ def test_training_step_overhead_matches_the_benchmark():
     r = read_json(BENCH / "masked_training_step.json")
     want = f"`masked` costs {100 * (r['masked_over_plain'] - 1):.1f}% over the plain optimizer"
     assert want in speed_text()
+    repeat = read_json(BENCH / "masked_training_step_repeat.json")
+    assert f"(the repeat: {100 * (repeat['masked_over_plain'] - 1):.1f}%;".replace("-", "−") in (
+        speed_text()
+    )
+    assert f"a step takes {r['plain_step_ms']:.0f} ms)" in speed_text()
+
+
+def test_repeated_optimizer_step_ratios_match_the_benchmark():
+    a, b = read_json(BENCH / "mask_update.json"), read_json(BENCH / "mask_update_repeat.json")
+    assert a["commit"] == b["commit"]  # the same code, measured twice
+    text = speed_text()
+    assert (
+        f"(the repeat: {b['sgd_masked_over_plain']:.2f}× and {b['adamw_masked_over_plain']:.2f}×"
+        in text
+    )
+    assert f"floor {b['sgd_floor_over_plain']:.2f}× and {b['adamw_floor_over_plain']:.2f}×" in text
+    assert f"from {a['sgd_plain_step_ms']:.1f} to {b['sgd_plain_step_ms']:.1f} ms" in text
+    updating = [a[f"{opt}_masked_updating_step_ms"] for opt in ("sgd", "adamw")]
+    assert f"takes {updating[0]:.0f} ms (SGD) and {updating[1]:.0f} ms (AdamW)" in text
 
 
 # ---------------------------------------------------------------------------------------------
