@@ -182,3 +182,25 @@ def test_uniform_densities_are_one_minus_sparsity_everywhere():
     got = np.asarray(layer_densities([(2, 3), (3, 3, 4, 5)], jnp.float32(0.25), "uniform"))
     np.testing.assert_array_equal(got, [0.75, 0.75])
     assert layer_densities([], jnp.float32(0.5), "erk").shape == (0,)
+
+
+def test_layer_densities_refuses_an_unknown_distribution():
+    # Called directly too (not only through prune_to_sparsity, which checks first).
+    with pytest.raises(ValueError, match="distribution"):
+        layer_densities([(2, 3)], jnp.float32(0.5), "erdos")
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_layer_counts_give_one_count_per_layer_and_none_for_no_layer(distribution):
+    shapes = [(4, 5), (3, 3, 2, 6)]
+    counts = layer_counts([20, 108], shapes, jnp.float32(0.5), distribution)
+    assert counts.shape == (2,) and counts.dtype == jnp.int32
+    empty = layer_counts([], [], jnp.float32(0.5), distribution)
+    assert empty.shape == (0,) and empty.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("distribution", ["global", "uniform", "erk"])
+def test_a_tree_without_prunable_leaves_is_refused_naming_its_paths(distribution):
+    tree = {"b": jnp.ones(4), "scale": jnp.ones(3)}  # no leaf of rank >= 2
+    with pytest.raises(ValueError, match=r"selects no floating-point leaf .*paths: b, scale"):
+        progprune.prune_to_sparsity(tree, 0.5, distribution=distribution)
