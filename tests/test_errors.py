@@ -141,9 +141,11 @@ def test_default_prunable_selecting_nothing():
     [
         _masked_init,
         _updater_call,
+        # Refused when the updater is built, before any call.
+        lambda **kw: progprune.mask_updater(progprune.constant_schedule(0.5), **kw),
         lambda **kw: progprune.prune_to_sparsity(PARAMS, 0.5, **kw),
     ],
-    ids=["masked", "mask_updater", "prune_to_sparsity"],
+    ids=["masked", "mask_updater", "mask_updater_built", "prune_to_sparsity"],
 )
 def test_unknown_distribution(fn):
     message = _raises(r"\bdistribution\b", fn, distribution="gloabl")

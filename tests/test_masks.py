@@ -195,6 +195,18 @@ def test_zero_sparsity_keeps_everything():
     _assert_masks_equal(masks, [np.ones(x.shape, bool) for x in jax.tree.leaves(SMALL)], SMALL)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_a_traced_low_precision_sparsity_counts_as_its_float32_value(dtype):
+    # round(s * N) is taken in float32 whatever dtype a traced sparsity arrives in.
+    scores = {"w": jnp.asarray(np.random.default_rng(0).random((37, 41)), jnp.float32)}
+    sparsity = jnp.asarray(0.3, dtype)
+    traced = jax.jit(progprune.prune_to_sparsity)(scores, sparsity)["w"]
+    k = round(float(np.float32(sparsity)) * 37 * 41)
+    assert int((~traced).sum()) == k
+    concrete = progprune.prune_to_sparsity(scores, float(np.float32(sparsity)))["w"]
+    np.testing.assert_array_equal(traced, concrete)
+
+
 def test_schedule_value_at_traced_step_is_used():
     sched = progprune.linear_schedule(6 / 7, begin_step=0, end_step=6)
     update = jax.jit(progprune.mask_updater(sched))
