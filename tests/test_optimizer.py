@@ -179,6 +179,46 @@ def test_extra_args_are_accepted():
     np.testing.assert_allclose(np.asarray(updates["Dense_0"]["kernel"]), -0.1)
 
 
+def test_extra_args_reach_an_inner_that_takes_none():
+    # A plain GradientTransformation (no **extra_args) still works under masked with them.
+    plain = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(lambda g: -g, updates), state),
+    )
+    params = init_params()
+    tx = progprune.masked(plain, progprune.constant_schedule(0.5), update_every=1)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))
+    assert float(jnp.max(updates["Dense_0"]["bias"])) == -1.0
+
+
+def test_update_without_params_names_the_call_to_make():
+    params = init_params()
+    tx = progprune.masked(optax.sgd(0.1), progprune.constant_schedule(0.5))
+    fix = r"tx.update\(grads, opt_state, params\)"
+    with pytest.raises(ValueError, match="needs the params.*" + fix):
+        tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
+
+
+def test_a_state_of_another_optimizer_is_refused_by_name():
+    state = optax.sgd(0.1).init(init_params())
+    with pytest.raises(ValueError, match="holds no MaskedPruningState.*progprune.masked"):
+        progprune.get_masks(state)
+
+
+def test_fixed_masks_record_no_fault():
+    # Without a schedule nothing is ever "outside [0, 1)": check_pruning stays quiet.
+    params = init_params()
+    masks = progprune.prune_to_sparsity(jax.tree.map(jnp.abs, params), 0.5)
+    tx = progprune.masked(optax.sgd(0.1), None)
+    state = progprune.set_masks(tx.init(params), masks)
+    for _ in range(3):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+        params = optax.apply_updates(params, updates)
+    progprune.check_pruning(state, params)
+    assert int(state.faults.bad_sparsity_step) == -1
+
+
 # ------------------------------------------------------------------ the update itself
 
 
