@@ -259,6 +259,15 @@ def test_reviving_with_tx_restarts_the_momentum_of_revived_entries_only():
     assert sum(int(np.sum(r)) for r in jax.tree.leaves(revived)) > 0
 
 
+def test_reviving_with_another_optimizer_as_tx_is_refused():
+    tx = progprune.masked(optax.sgd(0.1, momentum=0.9), progprune.constant_schedule(0.5))
+    _, state, _ = run(tx, 2)
+    all_true = jax.tree.map(lambda m: jnp.ones_like(m), progprune.get_masks(state))
+    other = progprune.masked(optax.adam(1e-3), None)  # its state has another structure
+    with pytest.raises(ValueError, match="tx must be the transformation that built opt_state"):
+        progprune.set_masks(state, all_true, tx=other)
+
+
 # -- random masks count like the core ----------------------------------------------------
 
 
