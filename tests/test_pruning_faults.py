@@ -224,7 +224,7 @@ def test_masks_set_by_hand_are_checked_only_after_the_next_update():
 
 def test_reviving_without_tx_is_refused_after_updates():
     tx = progprune.masked(optax.sgd(0.1, momentum=0.9), progprune.constant_schedule(0.5))
-    _, state, _ = run(tx, 2)
+    _, state, _ = run(tx, 1)  # one update is enough to make the inner state stale
     all_true = jax.tree.map(lambda m: jnp.ones_like(m), progprune.get_masks(state))
     with pytest.raises(ValueError, match="revive 96 pruned entries"):
         progprune.set_masks(state, all_true)
@@ -236,12 +236,18 @@ def test_reviving_without_tx_is_refused_after_updates():
 def test_reviving_with_tx_restarts_the_momentum_of_revived_entries_only():
     tx = progprune.masked(optax.sgd(0.1, momentum=0.9), None)
     params = params0()
-    half = progprune.prune_to_sparsity(jax.tree.map(jnp.abs, params), 0.5)
-    state = progprune.set_masks(tx.init(params), half)  # at count 0: nothing to restart
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
-    for _ in range(2):
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+
+    def steps(params, state, n):
+        for _ in range(n):
+            updates, state = tx.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        return params, state
+
+    # Every weight gathers momentum, then half are pruned (their momentum decays, not to 0).
+    params, state = steps(params, tx.init(params), 2)
+    half = progprune.prune_to_sparsity(jax.tree.map(jnp.abs, params0()), 0.5)
+    params, state = steps(params, progprune.set_masks(state, half), 2)
     trace_before = state.inner_state[0].trace
     quarter = progprune.prune_to_sparsity(jax.tree.map(jnp.abs, params0()), 0.25)
     revived = jax.tree.map(lambda new, old: new & ~old, quarter, half)
@@ -254,9 +260,30 @@ def test_reviving_with_tx_restarts_the_momentum_of_revived_entries_only():
         strict=True,
     ):
         r = np.asarray(r)
+        assert np.all(np.asarray(before)[r] != 0.0)  # there was stale momentum to restart
         np.testing.assert_array_equal(np.asarray(after)[r], 0.0)
         np.testing.assert_array_equal(np.asarray(after)[~r], np.asarray(before)[~r])
     assert sum(int(np.sum(r)) for r in jax.tree.leaves(revived)) > 0
+
+
+def test_set_masks_under_jit_needs_tx():
+    tx = progprune.masked(optax.sgd(0.1, momentum=0.9), progprune.constant_schedule(0.5))
+    _, state, _ = run(tx, 1)
+    all_true = jax.tree.map(lambda m: jnp.ones_like(m), progprune.get_masks(state))
+    with pytest.raises(ValueError, match=r"cannot tell under jit.*tx=tx"):
+        jax.jit(progprune.set_masks)(state, all_true)
+    jax.jit(lambda s, m: progprune.set_masks(s, m, tx=tx))(state, all_true)  # with tx: fine
+
+
+def test_check_pruning_names_params_that_do_not_match_the_masks():
+    tx = progprune.masked(optax.sgd(0.1), progprune.constant_schedule(0.5))
+    params, state, _ = run(tx, 2)
+    fewer = {"a": params["a"], "b": params["b"]}
+    with pytest.raises(ValueError, match="params have 2 leaves but the masks 3"):
+        progprune.check_pruning(state, fewer)
+    reshaped = dict(params, b_bias=jnp.zeros(5))
+    with pytest.raises(ValueError, match=r"a param of shape \(5,\) has a mask of shape \(4,\)"):
+        progprune.check_pruning(state, reshaped)
 
 
 def test_reviving_with_another_optimizer_as_tx_is_refused():
