@@ -272,6 +272,8 @@ def test_set_masks_under_jit_needs_tx():
     all_true = jax.tree.map(lambda m: jnp.ones_like(m), progprune.get_masks(state))
     with pytest.raises(ValueError, match=r"cannot tell under jit.*tx=tx"):
         jax.jit(progprune.set_masks)(state, all_true)
+    with pytest.raises(ValueError, match=r"cannot tell under jit.*tx=tx"):  # only masks traced
+        jax.jit(lambda m: progprune.set_masks(state, m))(all_true)
     jax.jit(lambda s, m: progprune.set_masks(s, m, tx=tx))(state, all_true)  # with tx: fine
 
 
