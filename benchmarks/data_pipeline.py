@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data  # noqa: E402
 
@@ -216,9 +216,7 @@ def main() -> None:
             f"{r['ms_per_step']:9.2f} {r['images_per_s']:11.0f}"
         )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version, machine  # noqa: E402
 from progprune.export.runs import evaluate_export, export_run  # noqa: E402
 
@@ -52,9 +53,7 @@ def main() -> None:
         "accuracy_equal": equal,
         **report.to_dict(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

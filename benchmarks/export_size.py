@@ -19,7 +19,6 @@ every row, the LeNets' per-layer rows, the save/load seconds, the machine and th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
 import progprune.export as ppx  # noqa: E402
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version, machine  # noqa: E402
 from progprune import models  # noqa: E402
 
@@ -144,9 +144,7 @@ def main() -> None:
         "targets": {str(k): v for k, v in TARGETS.items()},
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

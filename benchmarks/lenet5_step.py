@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import platform
 import re
@@ -45,6 +44,7 @@ from jax._src.lib import _profiler  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import write_result  # noqa: E402
 from configs import default  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data, models  # noqa: E402
@@ -262,9 +262,7 @@ def main() -> None:
         print(f"largest ops, {name}:")
         for row in shares[:8]:
             print(f"  {100 * row['share']:5.1f}%  {row['op']:<28} {row['what'][:90]}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

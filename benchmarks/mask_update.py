@@ -15,7 +15,6 @@ Prints a table and writes JSON. Usage: ``python benchmarks/mask_update.py [--out
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 
 # CIFAR ResNet-18: stem, 4 stages of 2 BasicBlocks, 1x1 projection shortcuts, 10-way head.
@@ -217,9 +217,7 @@ def main() -> None:
     for key, value in results.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

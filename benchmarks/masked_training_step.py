@@ -11,7 +11,6 @@ Usage: ``python benchmarks/masked_training_step.py [--out PATH]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 from progprune import models  # noqa: E402
 
@@ -77,9 +77,7 @@ def main() -> None:
     results = {**measure(), "commit": code_version()}
     for key, value in results.items():
         print(f"{key:<20} {value:.3f}" if isinstance(value, float) else f"{key:<20} {value}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402  (imports no JAX)
 
 FLAG = "--xla_force_host_platform_device_count"
@@ -170,9 +171,7 @@ def main() -> None:
                 f"  {devices} device(s) {kind:9s} in flight {in_flight or 'auto':>4}: {shown}",
                 flush=True,
             )
-    out = REPO / "benchmarks" / "results" / "multidevice.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"-> {out}")
+    write_result(REPO / "benchmarks" / "results" / "multidevice.json", result)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ no allocator statistics); ``weight bytes`` are the kernels as the variant stores
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
 import progprune.export as ppx  # noqa: E402
+from benchmarks._report import write_result  # noqa: E402
 from experiments.run_sweep import code_version, machine  # noqa: E402
 from progprune import models  # noqa: E402
 
@@ -266,9 +266,7 @@ def main() -> None:
         "note": "CPU shared with other processes; variants interleaved, minimum over rounds",
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Target on one H100 in bf16: >= 25k images/s for ResNet-18.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import write_result  # noqa: E402
 from configs import resnet18_cifar10  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data  # noqa: E402
@@ -131,8 +131,7 @@ def main() -> None:
     )
     name = f"throughput_{device.replace(' ', '_').lower()}_{args.dtype}.json"
     out = Path(__file__).parent / "results" / name
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result)
     assert np.isfinite(result["final_loss"]), "non-finite loss"
 
 

@@ -29,6 +29,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import progprune  # noqa: E402
+from benchmarks._report import write_result  # noqa: E402
 from configs import default  # noqa: E402
 from experiments.run_sweep import code_version  # noqa: E402
 from progprune import data, models  # noqa: E402
@@ -131,8 +132,7 @@ def main() -> None:
     print(f"{'progprune':<14}{t:>18.0f}{result['trainer_step_ms']:>10.2f}")
     print(f"step-time ratio trainer / hand-written = {result['ratio']:.3f} (target <= 1.05)")
     out = Path(__file__).parent / "results" / "trainer_overhead.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result)
 
 
 if __name__ == "__main__":
