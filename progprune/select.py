@@ -422,25 +422,24 @@ def select_smallest(
     seg = _Segments(np.asarray(leaf_segment, np.int32), int(k.shape[0]))
     if np.any(np.diff(seg.of_leaf) < 0) or np.any(np.diff(seg.of_leaf) > 1):
         raise ValueError(f"segments must be consecutive runs of leaves, got {leaf_segment}.")
-    if all(x.size == 0 for x in keys):
+    leaf_sizes = [int(x.size) for x in keys]
+    if not any(leaf_sizes):
         return [jnp.zeros(x.shape, bool) for x in keys]
     k = jnp.maximum(k.astype(jnp.int32), 0)
     # A segment asked for all of its keys (a sparsity just below 1 rounds to every weight) has no
     # threshold with more than k keys above it, which the search needs: it searches for none
     # there, and every key of it is selected below.
-    sizes = np.zeros(seg.count, np.int64)
-    for i, x in enumerate(keys):
-        sizes[int(seg.of_leaf[i])] += int(x.size)
+    sizes = np.bincount(seg.of_leaf, weights=leaf_sizes, minlength=seg.count)
     full = k >= jnp.asarray(sizes, jnp.int32)
     k = jnp.where(full, 0, k)
 
     def key_of(i):
         return keys[i]
 
-    layout = _RowLayout.of([int(x.size) for x in keys])
+    layout = _RowLayout.of(leaf_sizes)
     bracket = None
     if seg.count == 1:
-        bracket = _bracket(key_of, num, k, sum(int(x.size) for x in keys))
+        bracket = _bracket(key_of, num, k, sum(leaf_sizes))
     found, rows = _threshold(key_of, layout, seg, k, bracket, all_zero_keys)
     # Every key below the threshold is selected, and the first `k - below` ties at it: the ties
     # before the next one, which exists because more than k keys lie below threshold + 1.
@@ -451,5 +450,5 @@ def select_smallest(
         t = seg.leaf(found.low, i)
         chosen = (key < t) | ((key == t) & (position < seg.leaf(left_out, i)))
         out.append(chosen | seg.leaf(full, i))
-        offset += int(key.size)
+        offset += leaf_sizes[i]
     return out
