@@ -17,8 +17,8 @@ Two measurements, each in fresh subprocesses (a process's device count is fixed 
     python benchmarks/multidevice.py                 # both, ~10 minutes on 2 idle cores
     python benchmarks/multidevice.py --only speed
 
-Prints tables and writes benchmarks/results/multidevice.json (with the git commit); no such
-result is committed yet, so the queue depths `progprune.train.parallel` cites are in none.
+Prints tables and writes benchmarks/results/multidevice.json (with the git commit); the
+committed one holds the queue depths `progprune.train.parallel` cites.
 """
 
 from __future__ import annotations

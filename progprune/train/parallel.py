@@ -26,11 +26,11 @@ PyTree = Any
 # Train steps that may be queued ahead of the host when several CPU devices share one process.
 # XLA:CPU runs every device's part of a program on one fixed-size thread pool and gang-schedules
 # collectives: a participant that reaches an all-reduce blocks its thread until the other
-# devices' participants arrive. With a deep queue of dispatched steps (> 35 steps on 8 devices,
-# > 100 all-reduces on 2, measured while writing this; no committed result holds them:
-# `benchmarks/multidevice.py --only queue` measures it) one device's next participant never
-# gets a thread and XLA aborts after its 40 s rendezvous timeout. Two
-# steps in flight keep the host one step ahead, which is all the overlap a CPU step can use.
+# devices' participants arrive. With a deep queue of dispatched steps (a step with one all-reduce
+# deadlocks from 40 queued on 2 devices and from 43 on 8: benchmarks/results/multidevice.json)
+# one device's next participant never gets a thread and XLA aborts after its 40 s rendezvous
+# timeout. Two steps in flight keep the host one step ahead, which is all the overlap a CPU step
+# can use.
 CPU_STEPS_IN_FLIGHT = 2
 
 
